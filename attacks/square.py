@@ -1,0 +1,37 @@
+"""Square attack (Andriushchenko et al. 2020): score-based random search, no gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+import torch
+import torchattacks
+from pydantic import Field
+from torch import nn
+
+from robustbench_vit.api import Attack, Norm, register_attack
+
+from ._common import run_torchattack
+
+
+@register_attack("square")
+@dataclass(frozen=True, kw_only=True)
+class Square(Attack):
+    """Square: query-only random search on the margin loss; exposes gradient masking."""
+
+    needs_gradients: ClassVar[bool] = False
+    norm: Norm = "Linf"
+    eps: Annotated[float, Field(ge=0)] = 8 / 255
+    n_queries: Annotated[int, Field(ge=1)] = 5000
+    p_init: Annotated[float, Field(gt=0, le=1)] = 0.8
+    n_restarts: Annotated[int, Field(ge=1)] = 1
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+        if self.eps == 0:
+            return x.clone()
+        with torch.no_grad():
+            return run_torchattack(torchattacks.Square, model, x, y, seed, norm=self.norm,
+                                   eps=self.eps, n_queries=self.n_queries, p_init=self.p_init,
+                                   n_restarts=self.n_restarts, seed=seed, loss="margin",
+                                   resc_schedule=True)

@@ -1,0 +1,74 @@
+"""The extension contract: what an attack, a defense or a dataset plugin implements.
+
+A plugin is a module that registers components with the decorators below. Built-in plugins
+(`attacks`, `defenses`) load exactly like third-party ones: through the entry-point group
+``robustbench_vit.plugins`` or the tuple `robustbench_vit.plugins.BUILTIN_PLUGINS`.
+
+Components are kw_only dataclasses; their fields are the YAML keys a suite may set.
+Images are float tensors in [0,1] pixel space; models take such images (normalization is inside).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from .registry import ATTACKS, DATASETS, DEFENSES, ZOO
+
+Norm = Literal["Linf", "L2"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack:
+    """Base of attacks: `perturb` returns adversarial images in [0,1] for images `x`, labels `y`.
+
+    `threat_model` is (norm, eps) for bounded attacks, None for unbounded ones (patches); the
+    framework checks every output against it. `needs_gradients` marks white-box attacks, so a
+    non-differentiable defense can be flagged.
+    """
+
+    needs_gradients: ClassVar[bool] = True
+
+    def threat_model(self) -> tuple[str, float] | None:
+        """(norm, eps) of the budget, or None when the attack is unbounded."""
+        norm, eps = getattr(self, "norm", "Linf"), getattr(self, "eps", None)
+        return None if eps is None else (norm, float(eps))
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+        """Adversarial versions of `x` (same shape, in [0,1]); deterministic for `seed`."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defense:
+    """Base of defenses: `apply` returns the defended model (still [0,1] images in, logits out).
+
+    `stage` is "inference" (wraps or edits a trained model) or "training" (the zoo fine-tunes
+    the base model with the defense). `differentiable` False flags gradient-attack rows.
+    """
+
+    stage: ClassVar[Literal["inference", "training"]] = "inference"
+    differentiable: ClassVar[bool] = True
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """The defended model."""
+        return model
+
+
+register_attack = ATTACKS.register
+register_defense = DEFENSES.register
+register_dataset = DATASETS.register
+register_recipe = ZOO.register
+
+__all__ = [
+    "Attack",
+    "Defense",
+    "Norm",
+    "register_attack",
+    "register_dataset",
+    "register_defense",
+    "register_recipe",
+]

@@ -1,0 +1,164 @@
+"""The `rbv` command line: thin commands that delegate to the library. Exit 0 ok, 1 failures, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import RbvError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Robustness benchmark suite for Vision Transformers.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Folder of the results database.")]
+SuiteArg = Annotated[Path, typer.Argument(help="Suite YAML file.")]
+KINDS = ("attacks", "defenses", "scenarios", "datasets", "metrics", "zoo", "corruptions")
+
+
+def fail(exc: RbvError) -> typer.Exit:
+    """Print a user error (no traceback) and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+@app.command()
+def evaluate(
+    suite: SuiteArg,
+    results: ResultsOpt = Path("results"),
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Runner backend (default: the suite's).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run a suite (finished cells are skipped), then print its leaderboard."""
+    from .progress import RichProgress
+    from .run import run_suite
+    from .spec import load_suite
+
+    try:
+        loaded = load_suite(suite)
+        with RichProgress(err, disable=quiet) as progress:
+            summary = run_suite(loaded, results, device=device, backend=backend, progress=progress)
+    except RbvError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: finished cells are stored; run the same command again to resume")
+        raise typer.Exit(130) from None
+    _print_leaderboard(results, loaded.name, "table")
+    err.print(f"{summary.ok} ok, {summary.skipped} skipped, {len(summary.errors)} errors, "
+              f"{summary.already_done} already stored ({summary.seconds:.1f}s)")
+    for where, message in summary.errors:
+        err.print(f"[red]ERROR[/] {where}: {message.splitlines()[0] if message else ''}", highlight=False)
+    raise typer.Exit(1 if summary.errors else 0)
+
+
+@app.command()
+def validate(suite: SuiteArg) -> None:
+    """Parse a suite and build every component; run nothing."""
+    from .spec import load_suite
+
+    try:
+        loaded = load_suite(suite)
+    except RbvError as exc:
+        raise fail(exc) from None
+    cells = loaded.cells()
+    out.print(f"{suite}: valid — {len(loaded.models)} models, {len(loaded.scenarios)} scenarios, "
+              f"{len(cells)} cells", highlight=False)
+
+
+@app.command()
+def leaderboard(
+    results: ResultsOpt = Path("results"),
+    suite: Annotated[Optional[str], typer.Option(help="Only this suite.")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json | markdown")] = "table",
+) -> None:
+    """Print the leaderboard of stored results."""
+    if format not in ("table", "csv", "json", "markdown"):
+        err.print(f"error: --format must be table, csv, json or markdown, not {format!r}")
+        raise typer.Exit(2)
+    if not (results / "rbv.sqlite").is_file():
+        err.print(f"error: no results database in {results} (run `rbv evaluate` first)")
+        raise typer.Exit(2)
+    _print_leaderboard(results, suite, format)
+
+
+def _print_leaderboard(results: Path, suite: str | None, fmt: str) -> None:
+    from . import leaderboard as lb
+    from .store import ResultStore
+
+    with ResultStore(results) as store:
+        table = lb.long_table(store.frame(suite))
+    if fmt == "json":
+        sys.stdout.write(lb.to_json(table) + "\n")
+        return
+    wide = lb.pivot(table)
+    if wide.empty:
+        err.print("no results yet")
+        return
+    sys.stdout.write(lb.to_text(wide, fmt) + "\n")
+
+
+@app.command("ls")
+def list_components(kind: Annotated[str, typer.Argument(help="|".join(KINDS))]) -> None:
+    """List registered components with one-line descriptions (and parameters)."""
+    from .params import describe_fields
+    from .plugins import load_plugins
+    from .registry import REGISTRIES
+
+    load_plugins()
+    if kind not in REGISTRIES:
+        err.print(f"error: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise typer.Exit(2)
+    registry = REGISTRIES[kind]
+    for name in registry.names():
+        line = f"{name:22} {registry.describe(name)}"
+        target = registry.get(name)
+        if isinstance(target, type) and hasattr(target, "__dataclass_fields__"):
+            fields = describe_fields(target)
+            line += f"\n{'':22} [{fields}]" if fields else ""
+        out.print(line, highlight=False, markup=False)
+
+
+@app.command()
+def train(recipe: Annotated[str, typer.Argument(help="Zoo recipe name (see `rbv ls zoo`).")],
+          device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto") -> None:
+    """Train a zoo recipe now and cache its checkpoint (no-op when cached)."""
+    from .evaluate import resolve_device
+    from .plugins import load_plugins
+    from .zoo import ensure_trained, load_metadata
+
+    load_plugins()
+    try:
+        path = ensure_trained(recipe, resolve_device(device),
+                              on_epoch=lambda e, loss: err.print(f"epoch {e + 1}: loss {loss:.4f}"))
+    except RbvError as exc:
+        raise fail(exc) from None
+    meta = load_metadata(recipe) or {}
+    out.print(f"{recipe}: {path} (test accuracy {meta.get('test_accuracy', float('nan')):.4f})",
+              highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of suite files (for editors)."""
+    from .schema import suite_json_schema
+
+    sys.stdout.write(json.dumps(suite_json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    """Console entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("robustbench_vit").setLevel(logging.INFO)
+    app()
+
+
+if __name__ == "__main__":
+    main()

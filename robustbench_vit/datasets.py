@@ -1,0 +1,176 @@
+"""Datasets: digits (embedded), imagefolder, cifar10 and synthetic; images in [0,1], labels as ints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from .errors import DataError
+from .registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSource:
+    """Base of datasets: `load` returns a torch Dataset of ([0,1] image, label) pairs."""
+
+    def num_classes(self) -> int:
+        """Number of classes."""
+        raise NotImplementedError
+
+    def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
+        """The images, preprocessed for a model with timm data config `data_config`."""
+        raise NotImplementedError
+
+
+@DATASETS.register("digits")
+@dataclass(frozen=True, kw_only=True)
+class Digits(DatasetSource):
+    """scikit-learn's 1,797 bundled 8x8 handwritten digits, upsampled, 3 channels (offline)."""
+
+    split: Literal["train", "test", "all"] = "test"
+    image_size: Annotated[int, Field(ge=8, le=512)] = 32
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    split_seed: int = 0
+
+    def num_classes(self) -> int:
+        return 10
+
+    def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
+        x, y = digits_tensors(self.image_size)
+        if self.split == "all":
+            return TensorDataset(x, y)
+        idx = stratified_split(y, self.test_fraction, self.split_seed)[self.split == "test"]
+        return TensorDataset(x[idx], y[idx])
+
+
+def digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits as (N,3,S,S) floats in [0,1] and (N,) int64 labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                        align_corners=False).clamp(0, 1)
+    return x.expand(-1, 3, -1, -1).contiguous(), torch.tensor(bunch.target, dtype=torch.long)
+
+
+def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, test indices): the same fraction of each class in test, fixed by `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for label in torch.unique(y):
+        members = torch.nonzero(y == label).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        n_test = round(len(members) * test_fraction)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+@DATASETS.register("synthetic")
+@dataclass(frozen=True, kw_only=True)
+class Synthetic(DatasetSource):
+    """Seeded random images with class-dependent brightness (tests; no files needed)."""
+
+    size: Annotated[int, Field(gt=0)] = 64
+    classes: Annotated[int, Field(ge=2)] = 10
+    image_size: Annotated[int, Field(ge=4)] = 32
+    seed: int = 0
+
+    def num_classes(self) -> int:
+        return self.classes
+
+    def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
+        gen = torch.Generator().manual_seed(self.seed)
+        y = torch.randint(0, self.classes, (self.size,), generator=gen)
+        noise = torch.rand(self.size, 3, self.image_size, self.image_size, generator=gen)
+        level = (y.float() + 0.5) / self.classes
+        x = (0.5 * noise + 0.5 * level.view(-1, 1, 1, 1)).clamp(0, 1)
+        return TensorDataset(x, y)
+
+
+def eval_transform(data_config: dict[str, Any] | None, native_size: int | None = None) -> Any:
+    """Resize / center crop from the model's timm data config, without normalization."""
+    from torchvision import transforms
+
+    if not data_config:
+        return transforms.ToTensor()
+    size = data_config.get("input_size", (3, 224, 224))[-1]
+    if native_size == size:
+        return transforms.ToTensor()
+    import timm.data
+
+    cfg = {k: data_config[k] for k in ("input_size", "interpolation", "crop_pct", "crop_mode")
+           if k in data_config}
+    return timm.data.create_transform(**cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                      is_training=False)
+
+
+@DATASETS.register("imagefolder")
+@dataclass(frozen=True, kw_only=True)
+class ImageFolderData(DatasetSource):
+    """A folder of class sub-folders (ImageNet-val layout), preprocessed by the model's data config."""
+
+    root: str
+    split: str | None = None
+    classes: Annotated[int, Field(ge=2)] | None = None
+
+    def folder(self) -> Path:
+        path = Path(self.root).expanduser()
+        return path / self.split if self.split else path
+
+    def num_classes(self) -> int:
+        if self.classes:
+            return self.classes
+        return sum(1 for p in self.folder().iterdir() if p.is_dir())
+
+    def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
+        from torchvision.datasets import ImageFolder
+
+        folder = self.folder()
+        if not folder.is_dir():
+            raise DataError(f"imagefolder: no such folder {folder}")
+        try:
+            return ImageFolder(str(folder), transform=eval_transform(data_config))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(f"imagefolder {folder}: {exc}") from None
+
+
+@DATASETS.register("cifar10")
+@dataclass(frozen=True, kw_only=True)
+class Cifar10(DatasetSource):
+    """CIFAR-10 from a local root in torchvision's layout; downloads only with `download: true`."""
+
+    root: str
+    split: Literal["train", "test"] = "test"
+    download: bool = False
+
+    def num_classes(self) -> int:
+        return 10
+
+    def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
+        from torchvision.datasets import CIFAR10
+
+        try:
+            return CIFAR10(str(Path(self.root).expanduser()), train=self.split == "train",
+                           download=self.download, transform=eval_transform(data_config, 32))
+        except RuntimeError as exc:
+            raise DataError(f"cifar10 at {self.root}: {exc} (set download: true to fetch it)") from None
+
+
+def subset(dataset: Dataset, n_examples: int | None, seed: int) -> Dataset:
+    """A deterministic subset of `n_examples` items (in index order), chosen by `seed`."""
+    total = len(dataset)  # type: ignore[arg-type]
+    if n_examples is None or n_examples >= total:
+        return dataset
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(total, generator=gen)[:n_examples].sort().values
+    return Subset(dataset, idx.tolist())

@@ -1,0 +1,129 @@
+"""`evaluate_cell`: the one place that builds models and runs forward passes for a cell."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .cells import Cell, ModelConfig
+from .datasets import subset
+from .errors import ScenarioNotApplicable
+from .metrics import Measurement
+from .models import build_model
+from .params import validate_params
+from .plugins import load_plugins
+from .registry import DATASETS, DEFENSES, SCENARIOS
+from .scenarios.base import CellContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellResult:
+    """The outcome of one cell: measurements, or a skip/error reason. Plain data."""
+
+    cell_key: str
+    status: str  # ok | skipped | error
+    measurements: list[Measurement] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_label(device: torch.device) -> str:
+    """"cpu" or "cuda:0 (NVIDIA H100 ...)" for result rows."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) for one cell."""
+    torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(cfg_items: tuple[Any, ...], device: str) -> nn.Module:
+    cfg = ModelConfig(**dict(cfg_items))
+    return build_model(cfg, device)
+
+
+def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
+    """The base model of a cell, cached in-process (weights are never modified by scenarios)."""
+    items = tuple((k, v if not isinstance(v, dict) else _Frozen(v)) for k, v in vars(cfg).items())
+    return _cached_model(items, str(device))
+
+
+class _Frozen(dict):  # a hashable dict for the model cache key
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(repr(sorted(self.items())))
+
+
+def build_defended(cell: Cell, device: torch.device) -> tuple[nn.Module, Any]:
+    """The cell's model with its defense applied; returns (model, defense)."""
+    defense = validate_params(DEFENSES.get(cell.defense), cell.defense_params)
+    model = defense.apply(load_model(cell.model, device))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), defense
+
+
+def build_loader(cell: Cell, model: nn.Module) -> tuple[DataLoader, int]:
+    """The cell's deterministic data slice as a loader, and the number of classes."""
+    source = validate_params(DATASETS.get(cell.data.dataset), cell.data.params)
+    data_config = getattr(model, "data_config", None)
+    dataset = subset(source.load(data_config), cell.data.n_examples, cell.seed)
+    return DataLoader(dataset, batch_size=cell.data.batch_size, shuffle=False), source.num_classes()
+
+
+def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> CellResult:
+    """Run one cell. Never raises for a failing scenario: returns status "error" with the traceback."""
+    load_plugins()
+    start = time.perf_counter()
+    device = resolve_device(cell.device)
+    try:
+        seed_everything(int(cell.key[:8], 16))
+        model, defense = build_defended(cell, device)
+        loader, num_classes = build_loader(cell, model)
+        scenario = SCENARIOS.get(cell.scenario_kind).from_params(cell.scenario_params)
+        ctx = CellContext(model=model, loader=loader, device=device, seed=cell.seed,
+                          num_classes=num_classes, amp=cell.amp,
+                          defense_differentiable=type(defense).differentiable,
+                          advance=advance or (lambda n: None))
+        measurements = scenario.run(ctx)
+        status, error = "ok", None
+    except ScenarioNotApplicable as exc:
+        measurements, status, error = [], "skipped", str(exc)
+    except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the run goes on
+        log.debug("cell %s failed", cell.key, exc_info=True)
+        measurements, status = [], "error"
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+    return CellResult(cell_key=cell.key, status=status, measurements=measurements, error=error,
+                      seconds=time.perf_counter() - start, device=device_label(device))
+
+
+def cell_size(cell: Cell) -> int:
+    """Number of images a cell evaluates (for progress bars), without loading the data when possible."""
+    if cell.data.n_examples:
+        return cell.data.n_examples
+    try:
+        source = validate_params(DATASETS.get(cell.data.dataset), cell.data.params)
+        return len(source.load(None))
+    except Exception:  # noqa: BLE001 - only a progress estimate
+        return 0

@@ -1,0 +1,113 @@
+"""The leaderboard: a pure function of stored rows — the long table, its pivot, and text formats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import pandas as pd
+
+from .registry import METRICS
+
+LONG_COLUMNS = ["suite", "model", "defense", "scenario", "params", "metric", "value", "n",
+                "ci_low", "ci_high"]
+
+DERIVED: list[Callable[[pd.DataFrame], pd.DataFrame]] = []
+"""Functions from the long table of stored rows to extra aggregate rows (mce, order stats...)."""
+
+
+def long_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (suite, model, defense, scenario, params, metric): stored values and aggregates."""
+    ok = rows[(rows["status"] == "ok") & rows["metric"].notna()]
+    table = ok[LONG_COLUMNS].reset_index(drop=True)
+    derived = [fn(table) for fn in DERIVED]
+    return pd.concat([table, *derived], ignore_index=True) if derived else table
+
+
+def format_value(value: Any) -> str:
+    """Short text for a parameter value: 8/255 for eps-like floats, 3 significant digits else."""
+    if isinstance(value, float):
+        frac = Fraction(value).limit_denominator(255)
+        if frac.denominator in (255, 1) and abs(float(frac) - value) < 1e-9:
+            return f"{frac.numerator}/{frac.denominator}" if frac.denominator != 1 else str(frac.numerator)
+        return f"{value:.3g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def column_labels(table: pd.DataFrame) -> pd.Series:
+    """"scenario [varying params] metric" per row: params shown only where they vary in a scenario."""
+    params = table["params"].map(json.loads)
+    labels = []
+    varying: dict[str, list[str]] = {}
+    for scenario, group in params.groupby(table["scenario"]):
+        keys = sorted({k for p in group for k in p})
+        varying[scenario] = [k for k in keys if len({repr(p.get(k)) for p in group}) > 1]
+    for scenario, p, metric in zip(table["scenario"], params, table["metric"]):
+        shown = " ".join(f"{k}={format_value(p.get(k))}" for k in varying[scenario])
+        labels.append(" ".join(x for x in (scenario, shown, metric) if x))
+    return pd.Series(labels, index=table.index)
+
+
+def pivot(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
+    """Rows model/defense, columns "scenario [params] metric", values; suite order preserved."""
+    if table.empty:
+        return pd.DataFrame()
+    if headline_only:
+        headline = {m for m in METRICS.names() if METRICS.get(m).headline}
+        table = table[table["metric"].isin(headline)]
+    table = table.assign(column=column_labels(table))
+    wide = table.pivot_table(index=["model", "defense"], columns="column", values="value",
+                             aggfunc="last", sort=False)
+    wide.columns.name = None
+    return wide
+
+
+def format_cell(column: str, value: Any) -> str:
+    """A pivot value as text: proportions in percent (1 decimal), other metrics with 3 decimals."""
+    if value is None or pd.isna(value):
+        return ""
+    metric = column.rsplit(" ", 1)[-1]
+    if metric in METRICS and METRICS.get(metric).proportion:
+        return f"{100 * value:.1f}"
+    return f"{value:.3f}"
+
+
+def to_text(wide: pd.DataFrame, fmt: str) -> str:
+    """csv, markdown or plain text of the pivot (proportions in percent except in csv)."""
+    if fmt == "csv":
+        return wide.to_csv(float_format="%.6g")
+    header = ["model", "defense", *wide.columns]
+    body = [[str(m), str(d), *(format_cell(c, v) for c, v in zip(wide.columns, values))]
+            for (m, d), values in zip(wide.index, wide.to_numpy())]
+    if fmt == "markdown":
+        esc = [[cell.replace("|", "\\|") for cell in row] for row in [header, *body]]
+        lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
+    # terminal table: one line per scenario/metric column, one column per model/defense
+    rows = [["", *(f"{m}/{d}" for m, d in wide.index)]]
+    rows += [[col, *(format_cell(col, v) for v in wide[col])] for col in wide.columns]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows)
+
+
+def to_json(table: pd.DataFrame) -> str:
+    """The long table as a JSON list of objects (params decoded)."""
+    records = []
+    for row in table.to_dict(orient="records"):
+        row["params"] = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        records.append({k: (None if isinstance(v, float) and pd.isna(v) else v)
+                        for k, v in row.items()})
+    return json.dumps(records, indent=2, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if value is pd.NA:
+        return None
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

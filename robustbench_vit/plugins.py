@@ -1,0 +1,43 @@
+"""Load plugins: the built-in modules and the ``robustbench_vit.plugins`` entry points. Idempotent."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "robustbench_vit.plugins"
+BUILTIN_PLUGINS: tuple[str, ...] = ("attacks", "defenses")
+CORE_MODULES: tuple[str, ...] = (
+    "robustbench_vit.datasets",
+    "robustbench_vit.zoo",
+    "robustbench_vit.metrics",
+    "robustbench_vit.scenarios",
+    "robustbench_vit.defense_none",
+)
+
+_loaded: set[str] = set()
+
+
+def load_plugins() -> list[str]:
+    """Import core components, built-in plugins and entry-point plugins once; returns their names."""
+    for module in CORE_MODULES + BUILTIN_PLUGINS:
+        _load(module, module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _load(ep.value, ep.name)
+    return sorted(_loaded)
+
+
+def _load(target: str, name: str) -> None:
+    if target in _loaded:
+        return
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    if attr:
+        obj = getattr(obj, attr)
+        if callable(obj):
+            obj()
+    _loaded.add(target)
+    log.debug("loaded plugin %s (%s)", name, target)

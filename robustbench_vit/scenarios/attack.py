@@ -1,0 +1,96 @@
+"""`attack`: run a registered attack on clean-correct images; robust accuracy and success rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..api import Attack
+from ..errors import RbvError
+from ..metrics import Measurement, proportion
+from ..params import to_plain, validate_params
+from ..registry import ATTACKS, SCENARIOS
+from .base import CellContext, Scenario
+
+BUDGET_TOLERANCE = 1e-5
+
+
+class AttackContractError(RbvError):
+    """An attack returned images outside [0,1] or outside its budget: its numbers cannot be trusted."""
+
+
+def check_budget(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+    """Raise AttackContractError unless x_adv is in [0,1], shaped like x and inside the threat model."""
+    name = type(attack).__name__
+    if x_adv.shape != x.shape:
+        raise AttackContractError(f"{name} changed the shape {tuple(x.shape)} -> {tuple(x_adv.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackContractError(f"{name} returned non-finite pixels")
+    if x_adv.min() < -BUDGET_TOLERANCE or x_adv.max() > 1 + BUDGET_TOLERANCE:
+        raise AttackContractError(f"{name} left [0,1]: [{float(x_adv.min())}, {float(x_adv.max())}]")
+    threat = attack.threat_model()
+    if threat is None:
+        return
+    norm, eps = threat
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    if len(size) and float(size.max()) > eps * (1 + 1e-4) + BUDGET_TOLERANCE:
+        raise AttackContractError(f"{name} exceeded its {norm} budget {eps}: {float(size.max())}")
+
+
+def attack_batch(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clean_correct, robust, x_adv): attacks only clean-correct images; others keep x.
+
+    `robust` is correct on clean AND adversarial input, so robust accuracy never exceeds clean.
+    """
+    with torch.no_grad():
+        clean_correct = model(x).argmax(1) == y
+    x_adv = x.clone()
+    robust = torch.zeros_like(clean_correct)
+    idx = torch.nonzero(clean_correct).flatten()
+    if len(idx):
+        adv = attack.perturb(model, x[idx], y[idx], seed=seed).detach()
+        check_budget(attack, x[idx], adv)
+        x_adv[idx] = adv
+        with torch.no_grad():
+            robust[idx] = model(adv).argmax(1) == y[idx]
+    return clean_correct, robust, x_adv
+
+
+@SCENARIOS.register("attack")
+@dataclass(frozen=True, kw_only=True)
+class AttackScenario(Scenario):
+    """Adversarial attack by name (see `rbv ls attacks`): robust accuracy and attack success rate."""
+
+    kind: ClassVar[str] = "attack"
+    needs_gradients: ClassVar[bool] = True
+    name: str
+    attack: Attack
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AttackScenario:
+        params = dict(params)
+        if "name" not in params:
+            raise ValueError("an attack scenario needs `name:` (see `rbv ls attacks`)")
+        name = params.pop("name")
+        return cls(name=name, attack=validate_params(ATTACKS.get(name), params))
+
+    def to_params(self) -> dict[str, Any]:
+        return {"name": self.name, **to_plain(self.attack)}
+
+    def run(self, ctx: CellContext) -> list[Measurement]:
+        n = n_correct = n_robust = 0
+        for i, (x, y) in enumerate(ctx.batches()):
+            clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i)
+            n += len(y)
+            n_correct += int(clean_correct.sum())
+            n_robust += int(robust.sum())
+        return [
+            proportion("robust_accuracy", n_robust, n),
+            proportion("attack_success_rate", n_correct - n_robust, n_correct),
+        ]

@@ -1,0 +1,208 @@
+"""A validated suite (stage two of validation) and its expansion into cells."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from .cells import Cell, DataConfig, ModelConfig
+from .errors import SuiteError, UnknownNameError
+from .models import model_fingerprint, model_problems, resolve_path, split_source
+from .params import ParamError, field_names, to_plain, validate_params
+from .plugins import load_plugins
+from .registry import DATASETS, DEFENSES, METRICS, SCENARIOS
+from .spec import GateSpec, SuiteSpec, error_problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScenarioConfig:
+    """A scenario entry: its kind and one validated parameter set per sweep point."""
+
+    kind: str
+    points: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefenseConfig:
+    """A defense entry of a model."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    """A suite that validated: everything needed to expand cells, as plain data."""
+
+    name: str
+    version: int
+    seed: int
+    device: str
+    amp: bool
+    data: DataConfig
+    models: tuple[ModelConfig, ...]
+    defenses: dict[str, tuple[DefenseConfig, ...]]
+    scenarios: tuple[ScenarioConfig, ...]
+    runner: dict[str, Any]
+    gates: tuple[GateSpec, ...]
+    path: str
+
+    def cells(self, device: str | None = None) -> list[Cell]:
+        """Every (model, defense, scenario point) cell, in suite order."""
+        out = []
+        for model in self.models:
+            for defense in self.defenses[model.name]:
+                for scenario in self.scenarios:
+                    for point in scenario.points:
+                        out.append(Cell(
+                            suite=self.name, suite_version=self.version, model=model,
+                            defense=defense.name, defense_params=defense.params,
+                            scenario_kind=scenario.kind, scenario_params=point, data=self.data,
+                            seed=self.seed, device=device or self.device, amp=self.amp,
+                        ))
+        return out
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append((path, message))
+
+    def component(self, where: str, exc: Exception, known: list[str]) -> None:
+        """Record a component validation failure located under `where`."""
+        if isinstance(exc, pydantic.ValidationError):
+            self.items += error_problems(exc.errors(), where, lambda loc: known)
+        elif isinstance(exc, ParamError):
+            self.add(f"{where}.{exc.field}", str(exc))
+        else:
+            self.add(where, str(exc))
+
+
+def build_suite(spec: SuiteSpec, path: Path) -> Suite:
+    """Stage two: validate components against the registries; raise SuiteError with every problem."""
+    load_plugins()
+    problems = _Problems()
+    base_dir = path.resolve().parent
+    data = _build_data(spec, problems)
+    models, defenses = [], {}
+    for i, m in enumerate(spec.models):
+        models.append(_build_model(m, i, base_dir, problems))
+        defenses[m.name] = tuple(_build_defense(d, f"models[{i}].defenses[{j}]", problems)
+                                 for j, d in enumerate(m.defenses))
+    scenarios = tuple(_build_scenario(s.model_dump(), i, problems) for i, s in enumerate(spec.scenarios))
+    _check_gates(spec, problems)
+    if problems.items:
+        raise SuiteError(str(path), problems.items)
+    return Suite(name=spec.suite, version=spec.version, seed=spec.seed, device=spec.device,
+                 amp=spec.amp, data=data, models=tuple(models), defenses=defenses,
+                 scenarios=scenarios, runner=spec.runner.model_dump(), gates=tuple(spec.gates),
+                 path=str(path))
+
+
+def _build_data(spec: SuiteSpec, problems: _Problems) -> DataConfig:
+    extras = dict(spec.data.model_extra or {})
+    try:
+        cls = DATASETS.get(spec.data.dataset)
+        params = to_plain(validate_params(cls, extras))
+    except UnknownNameError as exc:
+        problems.add("data.dataset", str(exc))
+        params = extras
+    except (pydantic.ValidationError, ParamError, ValueError) as exc:
+        problems.component("data", exc, ["dataset", "n_examples", "batch_size", *field_names(cls)])
+        params = extras
+    return DataConfig(dataset=spec.data.dataset, params=params, n_examples=spec.data.n_examples,
+                      batch_size=spec.data.batch_size)
+
+
+def _build_model(m: Any, i: int, base_dir: Path, problems: _Problems) -> ModelConfig:
+    cfg = ModelConfig(name=m.name, source=m.source, pretrained=m.pretrained, arch=m.arch,
+                      kwargs=m.kwargs)
+    found = model_problems(cfg, base_dir)
+    for fld, msg in found:
+        problems.add(f"models[{i}].{fld}", msg)
+    if found:
+        return cfg
+    if split_source(cfg.source)[0] == "file":
+        cfg = replace(cfg, source=f"file:{resolve_path(cfg.source, base_dir)}")
+    return replace(cfg, fingerprint=model_fingerprint(cfg, base_dir))
+
+
+def _build_defense(entry: str | dict[str, Any], where: str, problems: _Problems) -> DefenseConfig:
+    params = {"name": entry} if isinstance(entry, str) else dict(entry)
+    name = params.pop("name", None)
+    if not isinstance(name, str):
+        problems.add(where, "a defense is a name or a mapping with `name:`")
+        return DefenseConfig(name=str(name))
+    try:
+        cls = DEFENSES.get(name)
+        return DefenseConfig(name=name, params=to_plain(validate_params(cls, params)))
+    except UnknownNameError as exc:
+        problems.add(f"{where}.name" if isinstance(entry, dict) else where, str(exc))
+    except (pydantic.ValidationError, ParamError, ValueError) as exc:
+        problems.component(where, exc, ["name", *field_names(cls)])
+    return DefenseConfig(name=name, params=params)
+
+
+def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems) -> ScenarioConfig:
+    where = f"scenarios[{i}]"
+    kind, sweep = raw.pop("kind"), raw.pop("sweep", {}) or {}
+    try:
+        cls = SCENARIOS.get(kind)
+    except UnknownNameError as exc:
+        problems.add(f"{where}.kind", str(exc))
+        return ScenarioConfig(kind=kind, points=())
+    keys = list(sweep)
+    points = []
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        point = dict(zip(keys, values))
+        try:
+            points.append(cls.from_params({**raw, **point}).to_params())
+        except UnknownNameError as exc:
+            problems.add(f"{where}.name", str(exc))
+            break
+        except (pydantic.ValidationError, ParamError, ValueError, TypeError) as exc:
+            _sweep_problem(problems, where, exc, point, sweep, cls, raw)
+            break
+    return ScenarioConfig(kind=kind, points=tuple(points))
+
+
+def _sweep_problem(problems: _Problems, where: str, exc: Exception, point: dict[str, Any],
+                   sweep: dict[str, list[Any]], cls: Any, raw: dict[str, Any]) -> None:
+    """Locate an error in a sweep value as `sweep.eps[2]`, elsewhere as the field itself."""
+    known = ["kind", "sweep", *_scenario_fields(cls, raw)]
+    if isinstance(exc, pydantic.ValidationError):
+        for err in exc.errors():
+            key = err["loc"][0] if err["loc"] else None
+            if key in point:
+                index = [repr(v) for v in sweep[key]].index(repr(point[key]))
+                err = {**err, "loc": ("sweep", key, index, *err["loc"][1:])}
+            problems.items += error_problems([err], where, lambda loc: known)
+    else:
+        problems.component(where, exc, known)
+
+
+def _scenario_fields(cls: Any, raw: dict[str, Any]) -> list[str]:
+    from .registry import ATTACKS
+
+    if getattr(cls, "kind", "") == "attack" and raw.get("name") in ATTACKS:
+        return ["name", *field_names(ATTACKS.get(raw["name"]))]
+    return field_names(cls)
+
+
+def _check_gates(spec: SuiteSpec, problems: _Problems) -> None:
+    names = {m.name for m in spec.models}
+    for i, gate in enumerate(spec.gates):
+        if gate.metric not in METRICS:
+            close = METRICS.suggest(gate.metric)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.add(f"gates[{i}].metric", f"unknown metric {gate.metric!r}{hint}")
+        if gate.model not in names:
+            problems.add(f"gates[{i}].model", f"no model named {gate.model!r} in this suite")
+        if gate.min is None and gate.max is None:
+            problems.add(f"gates[{i}]", "a gate needs `min:` or `max:`")

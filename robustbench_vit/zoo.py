@@ -1,0 +1,157 @@
+"""The zoo: checkpoints the project trains itself from recipes, cached by recipe hash under $RBV_CACHE."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import atomic_path, cache_dir, file_lock
+from .cells import ModelConfig, stable_hash
+from .models import ModelSource, NormalizedModel, SOURCES, create_timm_backbone, split_source
+from .params import to_plain
+from .registry import DATASETS, ZOO
+from .training import TrainConfig, accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+RECIPE_FORMAT = 1
+"""Bump when training code changes what a recipe produces."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """A training recipe: dataset, timm architecture and optimizer settings."""
+
+    description: str = ""
+    dataset: str = "digits"
+    data: dict[str, Any] = field(default_factory=dict)
+    arch: str = "vit_tiny_patch16_224"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    max_shift: int = 0
+    seed: int = 0
+    min_accuracy: float = 0.0
+
+    def recipe_hash(self) -> str:
+        """Hash of everything that changes the trained weights."""
+        payload = to_plain(self)
+        payload.pop("description")
+        payload.pop("min_accuracy")
+        return stable_hash([RECIPE_FORMAT, payload])
+
+    def dataset_source(self, split: str) -> Any:
+        """The recipe's dataset component for `split`."""
+        return DATASETS.get(self.dataset)(**{**self.data, "split": split})
+
+    def build_untrained(self) -> NormalizedModel:
+        """The architecture with fresh (seeded) weights."""
+        torch.manual_seed(self.seed)
+        backbone = create_timm_backbone(self.arch, self.arch_kwargs)
+        return NormalizedModel(backbone)
+
+
+register_recipe = ZOO.register
+
+register_recipe(
+    "digits_vit",
+    Recipe(
+        description="Small timm ViT (32px, patch 8, width 64, depth 4, 4 heads) on the bundled digits",
+        dataset="digits",
+        data={"image_size": 32},
+        arch="vit_tiny_patch16_224",
+        arch_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4,
+                     "num_heads": 4, "num_classes": 10},
+        epochs=30,
+        batch_size=64,
+        lr=3e-3,
+        weight_decay=0.05,
+        min_accuracy=0.95,
+    ),
+)
+
+
+def checkpoint_path(name: str, recipe: Recipe) -> Path:
+    """Where the recipe's checkpoint lives in the cache."""
+    return cache_dir("zoo") / f"{name}-{recipe.recipe_hash()}.safetensors"
+
+
+def load_metadata(name: str) -> dict[str, Any] | None:
+    """The training record of a built recipe, or None when not built yet."""
+    meta = checkpoint_path(name, ZOO.get(name)).with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def ensure_trained(
+    name: str,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Train recipe `name` unless its checkpoint is cached; returns the checkpoint path."""
+    from safetensors.torch import save_file
+
+    recipe: Recipe = ZOO.get(name)
+    path = checkpoint_path(name, recipe)
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():  # built by another process while we waited
+            return path
+        device = torch.device(device)
+        log.info("training zoo recipe %s (%s) on %s", name, recipe.recipe_hash(), device)
+        model = recipe.build_untrained().to(device)
+        cfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                          weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+                          max_shift=recipe.max_shift, seed=recipe.seed)
+        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device, on_epoch)
+        test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
+        log.info("zoo recipe %s: test accuracy %.4f after %.1fs", name, test_acc, seconds)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+        meta = {"recipe": name, "hash": recipe.recipe_hash(), "settings": to_plain(recipe),
+                "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
+                "device": str(device), "torch": torch.__version__,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
+        if test_acc < recipe.min_accuracy:
+            log.warning("zoo recipe %s reached %.4f, below its target %.2f", name, test_acc,
+                        recipe.min_accuracy)
+    return path
+
+
+@SOURCES.register("zoo")
+@dataclass(frozen=True, kw_only=True)
+class ZooSource(ModelSource):
+    """A checkpoint trained by the project from a zoo recipe (trained on first use, then cached)."""
+
+    def problems(self, cfg: ModelConfig, base_dir: Path) -> list[tuple[str, str]]:
+        name = split_source(cfg.source)[1]
+        if name in ZOO:
+            return []
+        close = ZOO.suggest(name)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return [("source", f"unknown zoo recipe {name!r}{hint} (known: {', '.join(ZOO.names())})")]
+
+    def fingerprint(self, cfg: ModelConfig, base_dir: Path) -> str:
+        return "zoo-" + ZOO.get(split_source(cfg.source)[1]).recipe_hash()
+
+    def build(self, cfg: ModelConfig, device: torch.device) -> NormalizedModel:
+        from safetensors.torch import load_file
+
+        name = split_source(cfg.source)[1]
+        path = ensure_trained(name, device)
+        model = ZOO.get(name).build_untrained()
+        model.backbone.load_state_dict(load_file(str(path)))
+        return model.to(device).eval()
