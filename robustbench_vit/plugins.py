@@ -6,7 +6,15 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
+from .errors import RbvError
+
 log = logging.getLogger(__name__)
+
+
+class PluginError(RbvError):
+    """A plugin module failed to import."""
+
+    exit_code = 2
 
 ENTRY_POINT_GROUP = "robustbench_vit.plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = ("attacks", "defenses")
@@ -34,7 +42,13 @@ def _load(target: str, name: str) -> None:
     if target in _loaded:
         return
     module, _, attr = target.partition(":")
-    obj = importlib.import_module(module)
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(
+            f"plugin {name!r} ({target}) could not be imported: {exc}. "
+            "Set up with `make setup` (torchattacks is installed with pip --no-deps)."
+        ) from exc
     if attr:
         obj = getattr(obj, attr)
         if callable(obj):
