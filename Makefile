@@ -9,11 +9,11 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, by range: where a local wheel cap exists pip takes those wheels
+	@# torch first, by range: where a local wheel cap exists pip takes those wheels
 	$(PY) -m pip install --quiet "torch>=2.3,<3" "torchvision>=0.18"
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# torchattacks pins requests~=2.25.1 (it never imports requests): install it without
-	# its dependencies so requests/urllib3/idna stay current. Its real needs are ours too.
+	@# torchattacks pins requests~=2.25.1 (it never imports requests): install it without
+	@# its dependencies so requests/urllib3/idna stay current. Its real needs are ours too.
 	$(PY) -m pip install --quiet --no-deps "torchattacks>=3.5,<4"
 	touch $@
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import RbvError
 
@@ -25,7 +26,7 @@ KINDS = ("attacks", "defenses", "scenarios", "datasets", "metrics", "zoo", "corr
 
 def fail(exc: RbvError) -> typer.Exit:
     """Print a user error (no traceback) and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
     return typer.Exit(exc.exit_code)
 
 
@@ -55,7 +56,8 @@ def evaluate(
     err.print(f"{summary.ok} ok, {summary.skipped} skipped, {len(summary.errors)} errors, "
               f"{summary.already_done} already stored ({summary.seconds:.1f}s)")
     for where, message in summary.errors:
-        err.print(f"[red]ERROR[/] {where}: {message.splitlines()[0] if message else ''}", highlight=False)
+        first = message.splitlines()[0] if message else ""
+        err.print(f"[red]ERROR[/] {escape(f'{where}: {first}')}", highlight=False)
     raise typer.Exit(1 if summary.errors else 0)
 
 
@@ -70,7 +72,7 @@ def validate(suite: SuiteArg) -> None:
         raise fail(exc) from None
     cells = loaded.cells()
     out.print(f"{suite}: valid — {len(loaded.models)} models, {len(loaded.scenarios)} scenarios, "
-              f"{len(cells)} cells", highlight=False)
+              f"{len(cells)} cells", highlight=False, markup=False)
 
 
 @app.command()

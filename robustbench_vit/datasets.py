@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,24 +34,31 @@ class DatasetSource:
 @DATASETS.register("digits")
 @dataclass(frozen=True, kw_only=True)
 class Digits(DatasetSource):
-    """scikit-learn's 1,797 bundled 8x8 handwritten digits, upsampled, 3 channels (offline)."""
+    """scikit-learn's 1,797 bundled 8x8 handwritten digits, upsampled, 3 channels (offline).
+
+    `task: parity` relabels digits as even (0) / odd (1) — a downstream task for fine-tuning.
+    """
 
     split: Literal["train", "test", "all"] = "test"
     image_size: Annotated[int, Field(ge=8, le=512)] = 32
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
     split_seed: int = 0
+    task: Literal["digits", "parity"] = "digits"
 
     def num_classes(self) -> int:
-        return 10
+        return 10 if self.task == "digits" else 2
 
     def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
-        x, y = digits_tensors(self.image_size)
+        x, digit = digits_tensors(self.image_size)
+        y = digit % 2 if self.task == "parity" else digit
         if self.split == "all":
-            return TensorDataset(x, y)
-        idx = stratified_split(y, self.test_fraction, self.split_seed)[self.split == "test"]
+            return TensorDataset(x.clone(), y.clone())
+        # split on the digit, so every task shares one train/test split
+        idx = stratified_split(digit, self.test_fraction, self.split_seed)[self.split == "test"]
         return TensorDataset(x[idx], y[idx])
 
 
+@functools.lru_cache(maxsize=4)
 def digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All digits as (N,3,S,S) floats in [0,1] and (N,) int64 labels."""
     from sklearn.datasets import load_digits

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cells import Cell, ModelConfig
+from .cells import Cell, ModelConfig, stable_hash
 from .datasets import subset
 from .errors import ScenarioNotApplicable
 from .metrics import Measurement
@@ -58,21 +58,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_model(cfg_items: tuple[Any, ...], device: str) -> nn.Module:
-    cfg = ModelConfig(**dict(cfg_items))
-    return build_model(cfg, device)
+_MODEL_CACHE: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
+_MODEL_CACHE_SIZE = 4
 
 
 def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """The base model of a cell, cached in-process (weights are never modified by scenarios)."""
-    items = tuple((k, v if not isinstance(v, dict) else _Frozen(v)) for k, v in vars(cfg).items())
-    return _cached_model(items, str(device))
-
-
-class _Frozen(dict):  # a hashable dict for the model cache key
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(repr(sorted(self.items())))
+    """The base model of a cell, cached in-process (scenarios never modify weights)."""
+    key = (stable_hash(asdict(cfg)), str(device))
+    if key in _MODEL_CACHE:
+        _MODEL_CACHE.move_to_end(key)
+        return _MODEL_CACHE[key]
+    model = build_model(cfg, device)
+    _MODEL_CACHE[key] = model
+    while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+        _MODEL_CACHE.popitem(last=False)
+    return model
 
 
 def build_defended(cell: Cell, device: torch.device) -> tuple[nn.Module, Any]:

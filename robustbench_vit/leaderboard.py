@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Any
 
 import pandas as pd
@@ -13,6 +13,9 @@ from .registry import METRICS
 
 LONG_COLUMNS = ["suite", "model", "defense", "scenario", "params", "metric", "value", "n",
                 "ci_low", "ci_high"]
+
+DEFENSE_PARAMS = "defense_params"
+"""The params key that holds a defense's own parameters (see Cell.row_params)."""
 
 DERIVED: list[Callable[[pd.DataFrame], pd.DataFrame]] = []
 """Functions from the long table of stored rows to extra aggregate rows (mce, order stats...)."""
@@ -27,20 +30,35 @@ def long_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_value(value: Any) -> str:
-    """Short text for a parameter value: 8/255 for eps-like floats, 3 significant digits else."""
+    """Short text for a parameter value: k/255 for eps-like floats, 3 significant digits else."""
     if isinstance(value, float):
-        frac = Fraction(value).limit_denominator(255)
-        if frac.denominator in (255, 1) and abs(float(frac) - value) < 1e-9:
-            return f"{frac.numerator}/{frac.denominator}" if frac.denominator != 1 else str(frac.numerator)
-        return f"{value:.3g}"
+        short = f"{value:.3g}"
+        k = value * 255  # 3/255 reduces to 1/85: look for a multiple of 1/255, not a fraction
+        if math.isfinite(k) and float(short) != value and abs(k - round(k)) < 1e-6:
+            return f"{round(k)}/255"
+        return short
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
 
 
+def defense_labels(table: pd.DataFrame) -> pd.Series:
+    """"name", or "name(k=v,...)" for a defense with parameters: the defense part of a pivot row."""
+    labels = []
+    for defense, text in zip(table["defense"], table["params"]):
+        params = json.loads(text).get(DEFENSE_PARAMS) or {}
+        shown = ",".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()))
+        labels.append(f"{defense}({shown})" if shown else defense)
+    return pd.Series(labels, index=table.index, dtype=object)
+
+
 def column_labels(table: pd.DataFrame) -> pd.Series:
-    """"scenario [varying params] metric" per row: params shown only where they vary in a scenario."""
-    params = table["params"].map(json.loads)
+    """"scenario [varying params] metric" per row: params shown only where they vary in a scenario.
+
+    Defense parameters label rows (see `defense_labels`), never columns.
+    """
+    params = table["params"].map(
+        lambda text: {k: v for k, v in json.loads(text).items() if k != DEFENSE_PARAMS})
     labels = []
     varying: dict[str, list[str]] = {}
     for scenario, group in params.groupby(table["scenario"]):
@@ -59,7 +77,7 @@ def pivot(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
     if headline_only:
         headline = {m for m in METRICS.names() if METRICS.get(m).headline}
         table = table[table["metric"].isin(headline)]
-    table = table.assign(column=column_labels(table))
+    table = table.assign(column=column_labels(table), defense=defense_labels(table))
     wide = table.pivot_table(index=["model", "defense"], columns="column", values="value",
                              aggfunc="last", sort=False)
     wide.columns.name = None

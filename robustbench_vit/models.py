@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,8 @@ class NormalizedModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, data_config: dict[str, Any] | None = None):
         super().__init__()
-        import timm.data
-
         self.backbone = backbone
-        self.data_config = dict(data_config or timm.data.resolve_model_data_config(backbone))
+        self.data_config = dict(data_config or resolve_data_config(backbone))
         mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.data_config["std"], dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -35,6 +36,21 @@ class NormalizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
+
+
+def resolve_data_config(backbone: nn.Module) -> dict[str, Any]:
+    """timm's data config of `backbone`, its input_size fixed to the size the model was built for.
+
+    timm reports the pretrained default (224) for a ViT created with another `img_size`.
+    """
+    import timm.data
+
+    config = dict(timm.data.resolve_model_data_config(backbone))
+    img_size = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+    if img_size:
+        h, w = img_size if isinstance(img_size, (tuple, list)) else (img_size, img_size)
+        config["input_size"] = (config["input_size"][0], int(h), int(w))
+    return config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +79,44 @@ def split_source(source: str) -> tuple[str, str]:
     return prefix, rest
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub is reachable: not offline mode, and its host answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy knows; let the download try
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def hub_offline(enabled: bool) -> Iterator[None]:
+    """Inside the block huggingface_hub reads only its local cache (no requests, no retries)."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or enabled
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def create_timm_backbone(arch: str, kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
-    """timm.create_model with a clear error for unknown names and unreachable hubs."""
+    """timm.create_model with a clear error for unknown names and unreachable hubs.
+
+    Without a reachable hub, pretrained weights come from the local Hugging Face cache or fail at
+    once (huggingface_hub would otherwise retry each file for about a minute).
+    """
     import timm
 
     if not timm.is_model(arch):
@@ -72,7 +124,8 @@ def create_timm_backbone(arch: str, kwargs: dict[str, Any], pretrained: bool = F
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ModelLoadError(f"unknown timm architecture {arch!r}{hint}")
     try:
-        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+        with hub_offline(pretrained and not hub_reachable()):
+            return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         if pretrained:
             raise ModelLoadError(
@@ -134,8 +187,11 @@ class FileSource(ModelSource):
         try:
             backbone.load_state_dict(state)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise ModelLoadError(f"{path}: weights do not fit arch {cfg.arch!r}: {first}") from None
+            # line 0 is "Error(s) in loading state_dict for X:"; the first problem follows it
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0]
+            raise ModelLoadError(
+                f"{path}: weights do not fit arch {cfg.arch!r}: {first[:240]}") from None
         return NormalizedModel(backbone).to(device).eval()
 
 

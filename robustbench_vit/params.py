@@ -31,8 +31,15 @@ def parse_fraction(value: Any) -> Any:
     return value
 
 
-Real = Annotated[float, BeforeValidator(parse_fraction)]
-"""A float that also accepts fractions written as "a/b"."""
+class _FractionJsonSchema:
+    """JSON Schema of a Real: the number's own schema, or a fraction string such as "8/255"."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        return {"anyOf": [handler(schema), {"type": "string", "pattern": _FRACTION.pattern}]}
+
+
+Real = Annotated[float, BeforeValidator(parse_fraction), _FractionJsonSchema()]
+"""A float that also accepts fractions written as "a/b" (in validation and in the JSON Schema)."""
 
 
 def _with_fractions(tp: Any) -> Any:

@@ -22,7 +22,13 @@ from .errors import SuiteError
 from .params import Real
 
 _NAME = r"^[A-Za-z0-9_.\-+]+$"
+_DEVICE = r"^(auto|cpu|cuda(:\d+)?|mps)$"
 SOURCE_PATTERN = r"^(zoo|timm|file):.+$"
+_PATTERN_MEANING = {
+    _NAME: "a name of letters, digits and _ . - +",
+    _DEVICE: "auto, cpu, cuda, cuda:N or mps",
+    SOURCE_PATTERN: "zoo:<recipe>, timm:<architecture> or file:<path>",
+}
 
 
 class _Strict(BaseModel):
@@ -81,7 +87,7 @@ class SuiteSpec(_Strict):
     suite: Annotated[str, Field(pattern=_NAME)]
     version: Annotated[int, Field(ge=0)] = 1
     seed: Annotated[int, Field(ge=0)] = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
+    device: Annotated[str, Field(pattern=_DEVICE)] = "auto"
     amp: bool = False
     data: DataSpec = Field(default_factory=DataSpec)
     models: Annotated[list[ModelSpec], Field(min_length=1)]
@@ -137,6 +143,10 @@ def error_problems(
                 msg += f" (allowed: {', '.join(allowed)})"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "string_pattern_mismatch":
+            pattern = err.get("ctx", {}).get("pattern", "")
+            expected = _PATTERN_MEANING.get(pattern, f"text matching {pattern}")
+            msg = f"expected {expected}, got {_short(err.get('input'))}"
         elif "input" in err and err["type"] != "value_error":
             msg += f", got {_short(err['input'])}"
         problems.append((path, msg))

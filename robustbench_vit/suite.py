@@ -174,15 +174,19 @@ def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems) -> Scenari
 
 def _sweep_problem(problems: _Problems, where: str, exc: Exception, point: dict[str, Any],
                    sweep: dict[str, list[Any]], cls: Any, raw: dict[str, Any]) -> None:
-    """Locate an error in a sweep value as `sweep.eps[2]`, elsewhere as the field itself."""
-    known = ["kind", "sweep", *_scenario_fields(cls, raw)]
+    """Locate an error in a sweep value as `sweep.eps[2]`, an unknown sweep key as `sweep.epz`."""
+    fields = _scenario_fields(cls, raw)
+    known = ["kind", "sweep", *fields]
     if isinstance(exc, pydantic.ValidationError):
         for err in exc.errors():
             key = err["loc"][0] if err["loc"] else None
-            if key in point:
+            if key in point and err["type"] == "extra_forbidden":
+                err = {**err, "loc": ("sweep", key)}
+            elif key in point:
                 index = [repr(v) for v in sweep[key]].index(repr(point[key]))
                 err = {**err, "loc": ("sweep", key, index, *err["loc"][1:])}
-            problems.items += error_problems([err], where, lambda loc: known)
+            problems.items += error_problems(
+                [err], where, lambda loc: fields if loc[:1] == ["sweep"] else known)
     else:
         problems.component(where, exc, known)
 
@@ -190,7 +194,8 @@ def _sweep_problem(problems: _Problems, where: str, exc: Exception, point: dict[
 def _scenario_fields(cls: Any, raw: dict[str, Any]) -> list[str]:
     from .registry import ATTACKS
 
-    if getattr(cls, "kind", "") == "attack" and raw.get("name") in ATTACKS:
+    name = raw.get("name")
+    if getattr(cls, "kind", "") == "attack" and isinstance(name, str) and name in ATTACKS:
         return ["name", *field_names(ATTACKS.get(raw["name"]))]
     return field_names(cls)
 

@@ -25,6 +25,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     max_shift: int = 0
     seed: int = 0
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.9
 
 
 def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -45,13 +47,19 @@ def train_classifier(
     cfg: TrainConfig,
     device: torch.device,
     on_epoch: Callable[[int, float], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> float:
-    """Train `model` in place; returns wall seconds. `on_epoch(epoch, mean_loss)` reports progress."""
+    """Train `model` in place; returns wall seconds. `on_epoch(epoch, mean_loss)` reports progress.
+
+    With a `teacher`, the loss is Hinton et al.'s distillation: (1−w)·CE + w·T²·KL(teacher ‖ student).
+    Only parameters with requires_grad train (fine-tuning schemes freeze the rest).
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=len(train_set) > cfg.batch_size)  # type: ignore[arg-type]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
                                                 steps_per_epoch=len(loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -62,7 +70,10 @@ def train_classifier(
         for x, y in loader:
             x = random_translate(x.to(device), cfg.max_shift, gen)
             y = y.to(device)
-            loss = loss_fn(model(x), y)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if teacher is not None:
+                loss = distillation_loss(logits, teacher, x, loss, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -72,6 +83,16 @@ def train_classifier(
             on_epoch(epoch, total / max(count, 1))
     model.eval()
     return time.perf_counter() - start
+
+
+def distillation_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor,
+                      hard: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """(1−w)·hard + w·T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
+    t = cfg.distill_temperature
+    with torch.no_grad():
+        target = (teacher(x) / t).softmax(1)
+    soft = nn.functional.kl_div((logits / t).log_softmax(1), target, reduction="batchmean")
+    return (1 - cfg.distill_weight) * hard + cfg.distill_weight * t * t * soft
 
 
 @torch.no_grad()

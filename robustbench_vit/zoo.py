@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from . import finetune
 from .cache import atomic_path, cache_dir, file_lock
 from .cells import ModelConfig, stable_hash
 from .models import ModelSource, NormalizedModel, SOURCES, create_timm_backbone, split_source
@@ -42,23 +43,51 @@ class Recipe:
     max_shift: int = 0
     seed: int = 0
     min_accuracy: float = 0.0
+    base: str | None = None
+    scheme: str = "full"
+    lora_rank: int = 4
+    last_blocks: int = 1
+    teacher: str | None = None
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.9
 
     def recipe_hash(self) -> str:
-        """Hash of everything that changes the trained weights."""
+        """Hash of everything that changes the trained weights (base and teacher hashes included)."""
         payload = to_plain(self)
         payload.pop("description")
         payload.pop("min_accuracy")
+        for ref in ("base", "teacher"):
+            if payload[ref]:
+                payload[ref] = [payload[ref], ZOO.get(payload[ref]).recipe_hash()]
         return stable_hash([RECIPE_FORMAT, payload])
 
     def dataset_source(self, split: str) -> Any:
-        """The recipe's dataset component for `split`."""
-        return DATASETS.get(self.dataset)(**{**self.data, "split": split})
+        """The recipe's dataset component for `split` (datasets without splits ignore it)."""
+        cls = DATASETS.get(self.dataset)
+        fields = cls.__dataclass_fields__
+        return cls(**{**self.data, **({"split": split} if "split" in fields else {})})
+
+    def architecture(self) -> tuple[str, dict[str, Any]]:
+        """(timm name, kwargs); a fine-tuned recipe keeps its base's and sets its own num_classes."""
+        if not self.base:
+            return self.arch, dict(self.arch_kwargs)
+        arch, kwargs = ZOO.get(self.base).architecture()
+        classes = self.dataset_source("train").num_classes()
+        return arch, {**kwargs, **self.arch_kwargs, "num_classes": classes}
 
     def build_untrained(self) -> NormalizedModel:
         """The architecture with fresh (seeded) weights."""
         torch.manual_seed(self.seed)
-        backbone = create_timm_backbone(self.arch, self.arch_kwargs)
-        return NormalizedModel(backbone)
+        arch, kwargs = self.architecture()
+        return NormalizedModel(create_timm_backbone(arch, kwargs))
+
+
+def recipe_lineage(name: str) -> list[str]:
+    """[name, its base, the base's base, ...]."""
+    chain = [name]
+    while (base := ZOO.get(chain[-1]).base) is not None:
+        chain.append(base)
+    return chain
 
 
 register_recipe = ZOO.register
@@ -78,6 +107,28 @@ register_recipe(
         weight_decay=0.05,
         min_accuracy=0.95,
     ),
+)
+
+# Downstream models for the Downstream Transfer Attack: digits_vit fine-tuned on digit parity
+# with the three schemes of Zheng et al. (full, linear probe, parameter-efficient LoRA).
+for _scheme, _epochs, _lr in (("full", 8, 1e-3), ("linear", 8, 3e-3), ("lora", 8, 3e-3)):
+    register_recipe(
+        f"digits_vit_parity_{_scheme}",
+        Recipe(description=f"digits_vit fine-tuned on digit parity ({_scheme} scheme)",
+               dataset="digits", data={"image_size": 32, "task": "parity"}, base="digits_vit",
+               scheme=_scheme, epochs=_epochs, batch_size=64, lr=_lr, weight_decay=0.05,
+               min_accuracy=0.9),
+    )
+
+# A smaller student distilled from digits_vit (a compressed target for transfer attacks).
+register_recipe(
+    "digits_vit_student",
+    Recipe(description="Half-width, half-depth ViT distilled from digits_vit",
+           dataset="digits", data={"image_size": 32}, arch="vit_tiny_patch16_224",
+           arch_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
+                        "num_heads": 2, "num_classes": 10},
+           teacher="digits_vit", epochs=30, batch_size=64, lr=3e-3, weight_decay=0.05,
+           min_accuracy=0.9),
 )
 
 
@@ -109,11 +160,16 @@ def ensure_trained(
             return path
         device = torch.device(device)
         log.info("training zoo recipe %s (%s) on %s", name, recipe.recipe_hash(), device)
-        model = recipe.build_untrained().to(device)
+        model = initial_model(recipe, device)
+        teacher = load_zoo_model(recipe.teacher, device) if recipe.teacher else None
         cfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
                           weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-                          max_shift=recipe.max_shift, seed=recipe.seed)
-        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device, on_epoch)
+                          max_shift=recipe.max_shift, seed=recipe.seed,
+                          distill_temperature=recipe.distill_temperature,
+                          distill_weight=recipe.distill_weight)
+        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
+                                   on_epoch, teacher=teacher)
+        finetune.finalize(model)
         test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
         log.info("zoo recipe %s: test accuracy %.4f after %.1fs", name, test_acc, seconds)
         state = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
@@ -129,6 +185,28 @@ def ensure_trained(
             log.warning("zoo recipe %s reached %.4f, below its target %.2f", name, test_acc,
                         recipe.min_accuracy)
     return path
+
+
+def initial_model(recipe: Recipe, device: torch.device) -> NormalizedModel:
+    """Fresh weights, or the base recipe's weights with a new head and the scheme's trainable set."""
+    if not recipe.base:
+        return recipe.build_untrained().to(device)
+    model = load_zoo_model(recipe.base, device)
+    torch.manual_seed(recipe.seed)
+    model.backbone.reset_classifier(recipe.dataset_source("train").num_classes())
+    finetune.SCHEMES.get(recipe.scheme)(model, lora_rank=recipe.lora_rank,
+                                        last_blocks=recipe.last_blocks)
+    return model.to(device)
+
+
+def load_zoo_model(name: str, device: torch.device | str = "cpu") -> NormalizedModel:
+    """The trained model of recipe `name` (trained first when not cached), in eval mode."""
+    from safetensors.torch import load_file
+
+    path = ensure_trained(name, device)
+    model = ZOO.get(name).build_untrained()
+    model.backbone.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()
 
 
 @SOURCES.register("zoo")
@@ -148,10 +226,4 @@ class ZooSource(ModelSource):
         return "zoo-" + ZOO.get(split_source(cfg.source)[1]).recipe_hash()
 
     def build(self, cfg: ModelConfig, device: torch.device) -> NormalizedModel:
-        from safetensors.torch import load_file
-
-        name = split_source(cfg.source)[1]
-        path = ensure_trained(name, device)
-        model = ZOO.get(name).build_untrained()
-        model.backbone.load_state_dict(load_file(str(path)))
-        return model.to(device).eval()
+        return load_zoo_model(split_source(cfg.source)[1], device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ os.environ.setdefault("RBV_CACHE", str(REPO / ".cache" / "test"))
 @pytest.fixture(scope="session")
 def rbv_bin() -> str:
     """The installed `rbv` console script."""
-    path = shutil.which("rbv")
+    beside = Path(sys.executable).parent / "rbv"
+    path = str(beside) if beside.is_file() else shutil.which("rbv")
     assert path, "the rbv console script is not installed (pip install -e .)"
     return path
 

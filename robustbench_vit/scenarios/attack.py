@@ -11,7 +11,7 @@ from torch import nn
 from ..api import Attack
 from ..errors import RbvError
 from ..metrics import Measurement, proportion
-from ..params import to_plain, validate_params
+from ..params import ParamError, to_plain, validate_params
 from ..registry import ATTACKS, SCENARIOS
 from .base import CellContext, Scenario
 
@@ -78,6 +78,8 @@ class AttackScenario(Scenario):
         if "name" not in params:
             raise ValueError("an attack scenario needs `name:` (see `rbv ls attacks`)")
         name = params.pop("name")
+        if not isinstance(name, str):
+            raise ParamError("name", f"expected an attack name (`rbv ls attacks`), got {name!r}")
         return cls(name=name, attack=validate_params(ATTACKS.get(name), params))
 
     def to_params(self) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""Adversarial patch attack on ViTs (Gu, Tresp & Qin, ECCV 2022).
+
+Token-grid-aligned square patches whose pixels are *replaced* (x' = x·(1−M) + δ·M, δ ∈ [0,1], no eps
+bound), optimized with signed steps on the cross-entropy of the clean prediction, one position at a
+time, stopping per (image, position) as soon as the prediction flips. All positions of a batch run
+together as one big batch. `content: corruption:<name>` pastes the patch of the severity-5 corrupted
+image instead (the paper's natural-patch counterpart; no optimization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from robustbench_vit.api import Attack, register_attack
+from robustbench_vit.params import ParamError
+from robustbench_vit.vit import patch_size as token_patch_size
+
+
+@register_attack("patch")
+@dataclass(frozen=True, kw_only=True)
+class PatchAttack(Attack):
+    """Adversarial patch: replace one token-aligned square, signed steps, early stop; fooling rate per position."""
+
+    needs_gradients: ClassVar[bool] = True
+    patch_size: Annotated[int, Field(ge=1)] = 8
+    steps: Annotated[int, Field(ge=0)] = 100
+    alpha: Annotated[float, Field(gt=0)] = 2 / 255
+    positions: Literal["all", "random"] = "all"
+    n_positions: Annotated[int, Field(ge=1)] = 4
+    content: str = "adversarial"
+    severity: Annotated[int, Field(ge=1, le=5)] = 5
+
+    def check(self) -> None:
+        if self.content != "adversarial" and not self.content.startswith("corruption:"):
+            raise ParamError("content", "expected 'adversarial' or 'corruption:<name>'")
+
+    def threat_model(self) -> None:
+        return None
+
+    def grid(self, model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
+        """Top-left corners of the token-aligned patch positions."""
+        ph, pw = token_patch_size(model)
+        if self.patch_size % ph or self.patch_size % pw:
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of the model's "
+                             f"token patch size {ph}x{pw}")
+        h, w = x.shape[-2:]
+        return [(r, c) for r in range(0, h - self.patch_size + 1, self.patch_size)
+                for c in range(0, w - self.patch_size + 1, self.patch_size)]
+
+    def chosen_positions(self, model: nn.Module, x: torch.Tensor, seed: int) -> list[tuple[int, int]]:
+        """All grid positions, or `n_positions` of them drawn with `seed`."""
+        grid = self.grid(model, x)
+        if self.positions == "all" or self.n_positions >= len(grid):
+            return grid
+        gen = torch.Generator().manual_seed(seed)
+        return [grid[i] for i in torch.randperm(len(grid), generator=gen)[: self.n_positions]]
+
+    def masks(self, positions: list[tuple[int, int]], x: torch.Tensor) -> torch.Tensor:
+        """(P,1,H,W) binary masks, one per position."""
+        masks = torch.zeros(len(positions), 1, *x.shape[-2:], device=x.device)
+        for i, (r, c) in enumerate(positions):
+            masks[i, :, r:r + self.patch_size, c:c + self.patch_size] = 1
+        return masks
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+        return self.perturb_with_stats(model, x, y, seed=seed)[0]
+
+    def perturb_with_stats(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                           seed: int) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """Worst position per image, and the fooling rate over (image, position) pairs."""
+        positions = self.chosen_positions(model, x, seed)
+        masks = self.masks(positions, x)
+        b, p = len(x), len(positions)
+        with torch.no_grad():
+            label = model(x).argmax(1)
+        xs = x.repeat_interleave(p, 0)  # image-major: row i*p + j is image i at position j
+        ms = masks.repeat(b, 1, 1, 1)
+        labels = label.repeat_interleave(p)
+        if self.content == "adversarial":
+            adv, margin = self._optimize(model, xs, ms, labels, seed)
+        else:
+            adv, margin = self._paste_corruption(model, xs, ms, labels, seed)
+        fooled = margin < 0
+        worst = margin.view(b, p).argmin(1)
+        x_adv = adv.view(b, p, *x.shape[1:])[torch.arange(b), worst]
+        return x_adv, {"attack_success_rate": (int(fooled.sum()), b * p)}
+
+    def _optimize(self, model: nn.Module, xs: torch.Tensor, ms: torch.Tensor,
+                  labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator(device=xs.device).manual_seed(seed)
+        delta = torch.rand(xs.shape, generator=gen, device=xs.device)
+        active = torch.ones(len(xs), dtype=torch.bool, device=xs.device)
+        for _ in range(self.steps):
+            idx = torch.nonzero(active).flatten()
+            if not len(idx):
+                break
+            d = delta[idx].requires_grad_(True)
+            logits = model(xs[idx] * (1 - ms[idx]) + d * ms[idx])
+            still = logits.argmax(1) == labels[idx]
+            grad, = torch.autograd.grad(F.cross_entropy(logits, labels[idx], reduction="sum"), d)
+            step = (d + self.alpha * grad.sign()).clamp(0, 1).detach()
+            delta[idx] = torch.where(still.view(-1, 1, 1, 1), step, d.detach())
+            active[idx] = still
+        adv = xs * (1 - ms) + delta * ms
+        return adv.detach(), _margins(model, adv, labels)
+
+    def _paste_corruption(self, model: nn.Module, xs: torch.Tensor, ms: torch.Tensor,
+                          labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from robustbench_vit.corruptions import corrupt_batch
+
+        name = self.content.split(":", 1)[1]
+        corrupted = corrupt_batch(xs, name, self.severity, seed)
+        adv = xs * (1 - ms) + corrupted * ms
+        return adv, _margins(model, adv, labels)
+
+
+@torch.no_grad()
+def _margins(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """logit[label] − max other logit per row (negative = fooled)."""
+    out = []
+    for i in range(0, len(x), chunk):
+        logits = model(x[i:i + chunk])
+        true = logits.gather(1, labels[i:i + chunk, None]).squeeze(1)
+        other = logits.scatter(1, labels[i:i + chunk, None], float("-inf")).amax(1)
+        out.append(true - other)
+    return torch.cat(out)
