@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Attack, register_attack
-from robustbench_vit.params import ParamError
-from robustbench_vit.vit import patch_size as token_patch_size
+from robustbench_vit.api import CORRUPTIONS, Attack, ParamError, register_attack
+from robustbench_vit.api import patch_size as token_patch_size
 
 
 @register_attack("patch")
@@ -37,8 +36,15 @@ class PatchAttack(Attack):
     severity: Annotated[int, Field(ge=1, le=5)] = 5
 
     def check(self) -> None:
-        if self.content != "adversarial" and not self.content.startswith("corruption:"):
+        if self.content == "adversarial":
+            return
+        kind, _, name = self.content.partition(":")
+        if kind != "corruption":
             raise ParamError("content", "expected 'adversarial' or 'corruption:<name>'")
+        if name not in CORRUPTIONS:
+            close = CORRUPTIONS.suggest(name)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ParamError("content", f"unknown corruption {name!r}{hint} (see `rbv ls corruptions`)")
 
     def threat_model(self) -> None:
         return None
@@ -85,7 +91,7 @@ class PatchAttack(Attack):
         if self.content == "adversarial":
             adv, margin = self._optimize(model, xs, ms, labels, seed)
         else:
-            adv, margin = self._paste_corruption(model, xs, ms, labels, seed)
+            adv, margin = self._paste_corruption(model, x, xs, ms, labels, seed)
         fooled = margin < 0
         worst = margin.view(b, p).argmin(1)
         x_adv = adv.view(b, p, *x.shape[1:])[torch.arange(b), worst]
@@ -110,12 +116,14 @@ class PatchAttack(Attack):
         adv = xs * (1 - ms) + delta * ms
         return adv.detach(), _margins(model, adv, labels)
 
-    def _paste_corruption(self, model: nn.Module, xs: torch.Tensor, ms: torch.Tensor,
-                          labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _paste_corruption(self, model: nn.Module, x: torch.Tensor, xs: torch.Tensor,
+                          ms: torch.Tensor, labels: torch.Tensor,
+                          seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         from robustbench_vit.corruptions import corrupt_batch
 
         name = self.content.split(":", 1)[1]
-        corrupted = corrupt_batch(xs, name, self.severity, seed)
+        # each image corrupted once; every position pastes its own square of that one image
+        corrupted = corrupt_batch(x, name, self.severity, seed).repeat_interleave(len(xs) // len(x), 0)
         adv = xs * (1 - ms) + corrupted * ms
         return adv, _margins(model, adv, labels)
 

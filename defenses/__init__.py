@@ -1,5 +1,5 @@
 """First-party defenses; each module registers one defense by name."""
 
-from robustbench_vit._plugin_package import import_submodules
+from robustbench_vit.api import import_submodules
 
 import_submodules(__name__, __path__)

@@ -16,7 +16,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from .registry import ATTACKS, DATASETS, DEFENSES, ZOO
+from ._plugin_package import import_submodules
+from .params import ParamError
+from .registry import ATTACKS, CORRUPTIONS, DATASETS, DEFENSES, ZOO
+from .vit import backbone_of, capture_block_outputs, num_blocks, patch_size
 
 Norm = Literal["Linf", "L2"]
 
@@ -41,6 +44,15 @@ class Attack:
         """Adversarial versions of `x` (same shape, in [0,1]); deterministic for `seed`."""
         raise NotImplementedError
 
+    def perturb_with_stats(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                           seed: int) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """`perturb`, plus proportions the attack measures itself: {metric: (successes, n)}.
+
+        They replace the scenario's own metric of the same name (e.g. a patch attack's fooling rate
+        over (image, position) pairs replaces the per-image attack_success_rate).
+        """
+        return self.perturb(model, x, y, seed=seed), {}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Defense:
@@ -64,9 +76,20 @@ register_dataset = DATASETS.register
 register_recipe = ZOO.register
 
 __all__ = [
+    "ATTACKS",
     "Attack",
+    "CORRUPTIONS",
+    "DATASETS",
+    "DEFENSES",
     "Defense",
     "Norm",
+    "ParamError",
+    "ZOO",
+    "backbone_of",
+    "capture_block_outputs",
+    "import_submodules",
+    "num_blocks",
+    "patch_size",
     "register_attack",
     "register_dataset",
     "register_defense",

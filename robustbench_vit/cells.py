@@ -43,6 +43,13 @@ class DataConfig:
     batch_size: int = 100
 
 
+def _weights(model: ModelConfig) -> dict[str, Any]:
+    """What identifies a model's numbers: everything but its display name."""
+    out = asdict(model)
+    out.pop("name")
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cell:
     """Plain, picklable description of one evaluation; `key` hashes everything that sets its numbers."""
@@ -56,6 +63,7 @@ class Cell:
     scenario_params: dict[str, Any]
     data: DataConfig
     seed: int
+    references: dict[str, ModelConfig] = field(default_factory=dict)
     device: str = "cpu"
     amp: bool = False
 
@@ -68,8 +76,7 @@ class Cell:
     @property
     def key(self) -> str:
         """Stable hash of what can change this cell's numbers (not the model's label)."""
-        model = asdict(self.model)
-        model.pop("name")
+        model = _weights(self.model)
         payload = {
             "format": CELL_FORMAT,
             "suite": self.suite,
@@ -78,6 +85,7 @@ class Cell:
             "defense": [self.defense, self.defense_params],
             "scenario": [self.scenario_kind, self.scenario_params],
             "data": asdict(self.data),
+            "references": {k: _weights(v) for k, v in sorted(self.references.items())},
             "seed": self.seed,
             "amp": self.amp,
         }

@@ -174,11 +174,26 @@ class Cifar10(DatasetSource):
             raise DataError(f"cifar10 at {self.root}: {exc} (set download: true to fetch it)") from None
 
 
+def subset_indices(total: int, n_examples: int | None, seed: int) -> list[int]:
+    """Sorted indices of a deterministic subset of `n_examples` of `total` items, chosen by `seed`."""
+    if n_examples is None or n_examples >= total:
+        return list(range(total))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=gen)[:n_examples].sort().values.tolist()
+
+
+def heldout_indices(total: int, n_examples: int | None, seed: int, n: int) -> list[int]:
+    """Up to `n` indices outside `subset_indices(...)` (the evaluated slice), deterministic."""
+    chosen = set(subset_indices(total, n_examples, seed))
+    rest = [i for i in range(total) if i not in chosen]
+    gen = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(rest), generator=gen).tolist()
+    return sorted(rest[i] for i in order[:n])
+
+
 def subset(dataset: Dataset, n_examples: int | None, seed: int) -> Dataset:
     """A deterministic subset of `n_examples` items (in index order), chosen by `seed`."""
     total = len(dataset)  # type: ignore[arg-type]
     if n_examples is None or n_examples >= total:
         return dataset
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(total, generator=gen)[:n_examples].sort().values
-    return Subset(dataset, idx.tolist())
+    return Subset(dataset, subset_indices(total, n_examples, seed))

@@ -15,14 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .cells import Cell, ModelConfig, stable_hash
-from .datasets import subset
+from .datasets import heldout_indices, subset
 from .errors import ScenarioNotApplicable
 from .metrics import Measurement
 from .models import build_model
 from .params import validate_params
 from .plugins import load_plugins
-from .registry import DATASETS, DEFENSES, SCENARIOS
-from .scenarios.base import CellContext
+from .registry import DATASETS, DEFENSES
+from .scenarios.base import CellContext, scenario_class
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,28 @@ def build_defended(cell: Cell, device: torch.device) -> tuple[nn.Module, Any]:
     return model.eval(), defense
 
 
-def build_loader(cell: Cell, model: nn.Module) -> tuple[DataLoader, int]:
-    """The cell's deterministic data slice as a loader, and the number of classes."""
+@dataclass(frozen=True, kw_only=True)
+class CellData:
+    """The cell's evaluated slice as a loader, the class count, and a held-out sampler."""
+
+    loader: DataLoader
+    num_classes: int
+    heldout: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def build_data(cell: Cell, model: nn.Module) -> CellData:
+    """The cell's deterministic data slice, preprocessed for `model`."""
     source = validate_params(DATASETS.get(cell.data.dataset), cell.data.params)
-    data_config = getattr(model, "data_config", None)
-    dataset = subset(source.load(data_config), cell.data.n_examples, cell.seed)
-    return DataLoader(dataset, batch_size=cell.data.batch_size, shuffle=False), source.num_classes()
+    full = source.load(getattr(model, "data_config", None))
+    dataset = subset(full, cell.data.n_examples, cell.seed)
+
+    def heldout(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = heldout_indices(len(full), cell.data.n_examples, cell.seed, n) or list(range(n))
+        items = [full[i] for i in idx[:n]]
+        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+    loader = DataLoader(dataset, batch_size=cell.data.batch_size, shuffle=False)
+    return CellData(loader=loader, num_classes=source.num_classes(), heldout=heldout)
 
 
 def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> CellResult:
@@ -100,12 +116,18 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> C
     try:
         seed_everything(int(cell.key[:8], 16))
         model, defense = build_defended(cell, device)
-        loader, num_classes = build_loader(cell, model)
-        scenario = SCENARIOS.get(cell.scenario_kind).from_params(cell.scenario_params)
-        ctx = CellContext(model=model, loader=loader, device=device, seed=cell.seed,
-                          num_classes=num_classes, amp=cell.amp,
+        data = build_data(cell, model)
+        scenario = scenario_class(cell.scenario_kind, cell.scenario_params.get("name"))
+        scenario = scenario.from_params(cell.scenario_params)
+        ctx = CellContext(model=model, loader=data.loader, device=device, seed=cell.seed,
+                          num_classes=data.num_classes, amp=cell.amp,
                           defense_differentiable=type(defense).differentiable,
-                          advance=advance or (lambda n: None))
+                          advance=advance or (lambda n: None), model_config=cell.model,
+                          references=cell.references, heldout=data.heldout,
+                          load_model=lambda cfg: load_model(cfg, device),
+                          data_key=stable_hash([asdict(cell.data), cell.seed]),
+                          model_key=stable_hash([cell.model.source, cell.model.fingerprint,
+                                                 cell.defense, cell.defense_params]))
         measurements = scenario.run(ctx)
         status, error = "ok", None
     except ScenarioNotApplicable as exc:

@@ -24,6 +24,7 @@ CORE_MODULES: tuple[str, ...] = (
     "robustbench_vit.metrics",
     "robustbench_vit.scenarios",
     "robustbench_vit.defense_none",
+    "robustbench_vit.corruptions",
 )
 
 _loaded: set[str] = set()

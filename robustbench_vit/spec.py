@@ -53,6 +53,8 @@ class ModelSpec(_Strict):
     arch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     defenses: list[str | dict[str, Any]] = Field(default_factory=lambda: ["none"], min_length=1)
+    data: dict[str, Any] = Field(default_factory=dict)
+    """Dataset fields this model is evaluated with instead of the suite's (e.g. a downstream task)."""
 
 
 class ScenarioSpec(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from .models import model_fingerprint, model_problems, resolve_path, split_sourc
 from .params import ParamError, field_names, to_plain, validate_params
 from .plugins import load_plugins
 from .registry import DATASETS, DEFENSES, METRICS, SCENARIOS
+from .scenarios.base import scenario_class
 from .spec import GateSpec, SuiteSpec, error_problems
 
 
@@ -24,6 +26,7 @@ class ScenarioConfig:
 
     kind: str
     points: tuple[dict[str, Any], ...]
+    references: dict[str, ModelConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +47,7 @@ class Suite:
     device: str
     amp: bool
     data: DataConfig
+    model_data: dict[str, DataConfig]
     models: tuple[ModelConfig, ...]
     defenses: dict[str, tuple[DefenseConfig, ...]]
     scenarios: tuple[ScenarioConfig, ...]
@@ -61,7 +65,8 @@ class Suite:
                         out.append(Cell(
                             suite=self.name, suite_version=self.version, model=model,
                             defense=defense.name, defense_params=defense.params,
-                            scenario_kind=scenario.kind, scenario_params=point, data=self.data,
+                            scenario_kind=scenario.kind, scenario_params=point,
+                            data=self.model_data[model.name], references=scenario.references,
                             seed=self.seed, device=device or self.device, amp=self.amp,
                         ))
         return out
@@ -89,32 +94,39 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
     load_plugins()
     problems = _Problems()
     base_dir = path.resolve().parent
-    data = _build_data(spec, problems)
-    models, defenses = [], {}
+    data = _build_data(spec, {}, "data", problems)
+    models, defenses, model_data = [], {}, {}
     for i, m in enumerate(spec.models):
         models.append(_build_model(m, i, base_dir, problems))
         defenses[m.name] = tuple(_build_defense(d, f"models[{i}].defenses[{j}]", problems)
                                  for j, d in enumerate(m.defenses))
-    scenarios = tuple(_build_scenario(s.model_dump(), i, problems) for i, s in enumerate(spec.scenarios))
+        model_data[m.name] = (_build_data(spec, m.data, f"models[{i}].data", problems)
+                              if m.data else data)
+    by_label = {m.name: m for m in models}
+    scenarios = tuple(_build_scenario(s.model_dump(), i, problems, by_label, base_dir)
+                      for i, s in enumerate(spec.scenarios))
     _check_gates(spec, problems)
     if problems.items:
         raise SuiteError(str(path), problems.items)
     return Suite(name=spec.suite, version=spec.version, seed=spec.seed, device=spec.device,
-                 amp=spec.amp, data=data, models=tuple(models), defenses=defenses,
+                 amp=spec.amp, data=data, model_data=model_data, models=tuple(models), defenses=defenses,
                  scenarios=scenarios, runner=spec.runner.model_dump(), gates=tuple(spec.gates),
                  path=str(path))
 
 
-def _build_data(spec: SuiteSpec, problems: _Problems) -> DataConfig:
-    extras = dict(spec.data.model_extra or {})
+def _build_data(spec: SuiteSpec, overrides: dict[str, Any], where: str,
+                problems: _Problems) -> DataConfig:
+    """The suite's data with a model's `data:` overrides of dataset fields."""
+    extras = {**(spec.data.model_extra or {}), **overrides}
     try:
         cls = DATASETS.get(spec.data.dataset)
         params = to_plain(validate_params(cls, extras))
     except UnknownNameError as exc:
-        problems.add("data.dataset", str(exc))
+        if where == "data":
+            problems.add("data.dataset", str(exc))
         params = extras
     except (pydantic.ValidationError, ParamError, ValueError) as exc:
-        problems.component("data", exc, ["dataset", "n_examples", "batch_size", *field_names(cls)])
+        problems.component(where, exc, ["dataset", "n_examples", "batch_size", *field_names(cls)])
         params = extras
     return DataConfig(dataset=spec.data.dataset, params=params, n_examples=spec.data.n_examples,
                       batch_size=spec.data.batch_size)
@@ -149,14 +161,22 @@ def _build_defense(entry: str | dict[str, Any], where: str, problems: _Problems)
     return DefenseConfig(name=name, params=params)
 
 
-def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems) -> ScenarioConfig:
+def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems,
+                    models: dict[str, ModelConfig], base_dir: Path) -> ScenarioConfig:
     where = f"scenarios[{i}]"
     kind, sweep = raw.pop("kind"), raw.pop("sweep", {}) or {}
     try:
-        cls = SCENARIOS.get(kind)
+        cls = scenario_class(kind, raw.get("name"))
     except UnknownNameError as exc:
-        problems.add(f"{where}.kind", str(exc))
+        field_name = "kind" if exc.kind == SCENARIOS.kind else "name"
+        problems.add(f"{where}.{field_name}", str(exc))
         return ScenarioConfig(kind=kind, points=())
+    references = {}
+    for ref in getattr(cls, "model_refs", ()):
+        if isinstance(raw.get(ref), str):
+            found = _resolve_reference(raw[ref], f"{where}.{ref}", models, base_dir, problems)
+            if found:
+                references[ref] = found
     keys = list(sweep)
     points = []
     for values in itertools.product(*(sweep[k] for k in keys)):
@@ -169,7 +189,25 @@ def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems) -> Scenari
         except (pydantic.ValidationError, ParamError, ValueError, TypeError) as exc:
             _sweep_problem(problems, where, exc, point, sweep, cls, raw)
             break
-    return ScenarioConfig(kind=kind, points=tuple(points))
+    return ScenarioConfig(kind=kind, points=tuple(points), references=references)
+
+
+def _resolve_reference(value: str, where: str, models: dict[str, ModelConfig], base_dir: Path,
+                       problems: _Problems) -> ModelConfig | None:
+    """A model label of this suite, or a source string (zoo:/timm:/file:), as a built config."""
+    if value in models:
+        return models[value]
+    if split_source(value)[0] not in ("zoo", "timm", "file") or ":" not in value:
+        close = difflib.get_close_matches(value, list(models), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.add(where, f"no model named {value!r} in this suite and not a zoo:/timm:/file: "
+                            f"source{hint}")
+        return None
+    cfg = ModelConfig(name=value, source=value)
+    found = model_problems(cfg, base_dir)
+    for _, msg in found:
+        problems.add(where, msg)
+    return None if found else replace(cfg, fingerprint=model_fingerprint(cfg, base_dir))
 
 
 def _sweep_problem(problems: _Problems, where: str, exc: Exception, point: dict[str, Any],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -16,6 +16,7 @@ from ..registry import ATTACKS, SCENARIOS
 from .base import CellContext, Scenario
 
 BUDGET_TOLERANCE = 1e-5
+NOT_DIFFERENTIABLE = "defense not differentiable: evaluated with a gradient attack only"
 
 
 class AttackContractError(RbvError):
@@ -42,11 +43,13 @@ def check_budget(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> None:
 
 
 def attack_batch(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, seed: int
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, seed: int,
+    stats: dict[str, list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clean_correct, robust, x_adv): attacks only clean-correct images; others keep x.
 
     `robust` is correct on clean AND adversarial input, so robust accuracy never exceeds clean.
+    Proportions the attack measures itself are added into `stats` ({metric: [successes, n]}).
     """
     with torch.no_grad():
         clean_correct = model(x).argmax(1) == y
@@ -54,8 +57,12 @@ def attack_batch(
     robust = torch.zeros_like(clean_correct)
     idx = torch.nonzero(clean_correct).flatten()
     if len(idx):
-        adv = attack.perturb(model, x[idx], y[idx], seed=seed).detach()
+        adv, own = attack.perturb_with_stats(model, x[idx], y[idx], seed=seed)
+        adv = adv.detach()
         check_budget(attack, x[idx], adv)
+        for metric, (hits, total) in own.items():
+            counts = (stats if stats is not None else {}).setdefault(metric, [0, 0])
+            counts[0], counts[1] = counts[0] + hits, counts[1] + total
         x_adv[idx] = adv
         with torch.no_grad():
             robust[idx] = model(adv).argmax(1) == y[idx]
@@ -87,12 +94,19 @@ class AttackScenario(Scenario):
 
     def run(self, ctx: CellContext) -> list[Measurement]:
         n = n_correct = n_robust = 0
+        stats: dict[str, list[int]] = {}
         for i, (x, y) in enumerate(ctx.batches()):
-            clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i)
+            clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i,
+                                                    stats)
             n += len(y)
             n_correct += int(clean_correct.sum())
             n_robust += int(robust.sum())
-        return [
-            proportion("robust_accuracy", n_robust, n),
-            proportion("attack_success_rate", n_correct - n_robust, n_correct),
-        ]
+        measured = {
+            "robust_accuracy": (n_robust, n),
+            "attack_success_rate": (n_correct - n_robust, n_correct),
+            **{metric: (hits, total) for metric, (hits, total) in stats.items()},
+        }
+        rows = [proportion(metric, hits, total) for metric, (hits, total) in measured.items()]
+        if self.attack.needs_gradients and not ctx.defense_differentiable:
+            rows = [replace(r, extra={**r.extra, "flag": NOT_DIFFERENTIABLE}) for r in rows]
+        return rows

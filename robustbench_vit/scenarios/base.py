@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..cells import ModelConfig
 from ..metrics import Measurement
+from ..errors import UnknownNameError
 from ..params import to_plain, validate_params
+from ..registry import SCENARIOS
 
 
 @dataclass(kw_only=True)
@@ -26,6 +29,28 @@ class CellContext:
     defense_differentiable: bool = True
     amp: bool = False
     advance: Callable[[int], None] = lambda n: None
+    model_config: ModelConfig | None = None
+    references: dict[str, ModelConfig] = field(default_factory=dict)
+    load_model: Callable[[ModelConfig], nn.Module] | None = None
+    heldout: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    data_key: str = ""
+    model_key: str = ""
+
+    def reference(self, name: str) -> nn.Module:
+        """The model a scenario field refers to (e.g. a DTA source), loaded, frozen, in eval mode."""
+        if self.load_model is None or name not in self.references:
+            raise ValueError(f"this cell has no model reference {name!r}")
+        model = self.load_model(self.references[name])
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model.eval()
+
+    def heldout_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` images of the cell's dataset outside the evaluated slice (for selection steps)."""
+        if self.heldout is None:
+            raise ValueError("this cell has no held-out data")
+        x, y = self.heldout(n)
+        return x.to(self.device), y.to(self.device)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) on the device; reports one unit of progress per image."""
@@ -58,3 +83,16 @@ class Scenario:
     def run(self, ctx: CellContext) -> list[Measurement]:
         """Evaluate and return measurements."""
         raise NotImplementedError
+
+
+def scenario_class(kind: str, name: Any) -> Any:
+    """The class registered as "kind:name" (transfer:dta), else the one registered as "kind"."""
+    if isinstance(name, str) and f"{kind}:{name}" in SCENARIOS:
+        return SCENARIOS.get(f"{kind}:{name}")
+    if kind not in SCENARIOS and isinstance(name, str):
+        named = [n for n in SCENARIOS.names() if n.startswith(f"{kind}:")]
+        if named:
+            full = f"{kind}:{name}"
+            close = [c.split(":", 1)[1] for c in SCENARIOS.suggest(full)]
+            raise UnknownNameError(f"{kind} scenario", name, close, [n.split(":", 1)[1] for n in named])
+    return SCENARIOS.get(kind)

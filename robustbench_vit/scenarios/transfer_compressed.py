@@ -1,0 +1,123 @@
+"""`transfer:compressed` — attacks between a model and its compressed versions (Parekh et al. 2022).
+
+Variants: the model itself (`original`), each target compression (int8 dynamic quantization, global
+magnitude pruning `pruneNN`) and, when `student:` names one, a distilled student. Adversarial images
+are crafted once per source variant on its differentiable surrogate and evaluated on every variant:
+a transfer matrix, one row per (source, target); the diagonal is the white-box attack. Crafted images
+are cached on disk by content hash, so other cells with the same inputs reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..cache import atomic_path, cache_dir
+from ..cells import stable_hash
+from ..compression import COMPRESSIONS, Compressed, compress, parse_target
+from ..errors import ScenarioNotApplicable
+from ..metrics import Measurement, proportion
+from ..models import split_source
+from ..params import ParamError
+from ..registry import ATTACKS, SCENARIOS
+from .base import CellContext, Scenario
+
+log = logging.getLogger(__name__)
+
+
+@SCENARIOS.register("transfer:compressed")
+@dataclass(frozen=True, kw_only=True)
+class CompressedTransfer(Scenario):
+    """Transfer matrix between a model and its int8 / pruned / distilled versions (FGSM or PGD)."""
+
+    kind: ClassVar[str] = "transfer"
+    needs_gradients: ClassVar[bool] = True
+    model_refs: ClassVar[tuple[str, ...]] = ("student",)
+    name: Literal["compressed"] = "compressed"
+    attack: Literal["pgd", "fgsm"] = "pgd"
+    eps: Annotated[float, Field(ge=0, le=1)] = 8 / 255
+    steps: Annotated[int, Field(ge=1)] = 10
+    targets: list[str] = field(default_factory=lambda: ["int8", "prune30", "prune50", "prune70"])
+    student: str | None = None
+    reuse: bool = True
+    cache: bool = True
+
+    def check(self) -> None:
+        for target in self.targets:
+            if parse_target(target)[0] not in COMPRESSIONS:
+                raise ParamError("targets", f"unknown compression {target!r}: use int8 or pruneNN "
+                                            "(NN = percent of Linear weights), e.g. prune50")
+
+    def check_student(self, ctx: CellContext) -> None:
+        """Skip unless the student was distilled from the evaluated model (checked for zoo recipes)."""
+        if not self.student or ctx.model_config is None:
+            return
+        (mp, mname), (sp, sname) = (split_source(ctx.model_config.source),
+                                    split_source(ctx.references["student"].source))
+        if mp == sp == "zoo":
+            from ..registry import ZOO
+
+            if ZOO.get(sname).teacher != mname:
+                raise ScenarioNotApplicable(f"{sname} is not distilled from {mname}")
+
+    def variants(self, ctx: CellContext) -> dict[str, Compressed]:
+        """name -> compressed model (original first, distilled student last when given)."""
+        out = {"original": Compressed(target=ctx.model, surrogate=ctx.model, device=ctx.device)}
+        out.update({t: compress(ctx.model, t) for t in self.targets})
+        if self.student:
+            student = ctx.reference("student")
+            out["distilled"] = Compressed(target=student, surrogate=student, device=ctx.device)
+        return out
+
+    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+              batch_size: int) -> torch.Tensor:
+        """Adversarial images crafted on `model`, batch by batch."""
+        params = {"eps": self.eps} if self.attack == "fgsm" else {"eps": self.eps, "steps": self.steps}
+        attack = ATTACKS.get(self.attack)(**params)
+        return torch.cat([attack.perturb(model, x[i:i + batch_size], y[i:i + batch_size],
+                                         seed=seed + i) for i in range(0, len(x), batch_size)])
+
+    def crafted(self, ctx: CellContext, source: str, variant: Compressed, x: torch.Tensor,
+                y: torch.Tensor) -> torch.Tensor:
+        """Crafted images for `source`, from the content-addressed cache when present."""
+        key = stable_hash([ctx.model_key, ctx.data_key, source, self.attack, self.eps, self.steps,
+                           self.student and ctx.references["student"].fingerprint, ctx.seed], 24)
+        path = cache_dir("transfer") / f"{key}.pt"
+        if self.cache and path.is_file():
+            return torch.load(path, map_location=ctx.device, weights_only=True)
+        adv = self.craft(variant.surrogate, x, y, ctx.seed, ctx.loader.batch_size or len(x))
+        if self.cache:
+            with atomic_path(path) as tmp:
+                torch.save(adv.cpu(), tmp)
+        return adv
+
+    def run(self, ctx: CellContext) -> list[Measurement]:
+        self.check_student(ctx)
+        batches = list(ctx.batches())
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        variants = self.variants(ctx)
+        correct = {name: predict(v, x) == y.cpu() for name, v in variants.items()}
+        rows = [proportion("accuracy", int(c.sum()), len(y), target=name)
+                for name, c in correct.items()]
+        for source, variant in variants.items():
+            adv = self.crafted(ctx, source, variant, x, y) if self.reuse else None
+            for target, victim in variants.items():
+                pair_adv = adv if adv is not None else self.craft(
+                    variant.surrogate, x, y, ctx.seed, ctx.loader.batch_size or len(x))
+                fooled = correct[target] & (predict(victim, pair_adv) != y.cpu())
+                rows.append(proportion("transfer_success_rate", int(fooled.sum()),
+                                       int(correct[target].sum()), source=source, target=target))
+        return rows
+
+
+@torch.no_grad()
+def predict(variant: Compressed, x: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    """Top-1 predictions of the deployed model (on its own device), on the CPU."""
+    return torch.cat([variant.target(x[i:i + chunk].to(variant.device)).argmax(1).cpu()
+                      for i in range(0, len(x), chunk)])

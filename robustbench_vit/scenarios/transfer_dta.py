@@ -1,0 +1,169 @@
+"""`transfer:dta` — the Downstream Transfer Attack (Zheng et al. 2024).
+
+The attacker holds only the public pre-trained ViT (`source`); the victim is the evaluated model,
+fine-tuned from it on a task the attacker does not know. Adversarial images are crafted on the
+source by L∞ PGD (random start) *minimizing* the cosine similarity between the block-`layer` tokens of
+x' and x, averaged over tokens, then the victim is evaluated on them. `layer: auto` picks the block
+whose attack moves the source's final (pre-logits) features furthest on a held-out slice [choice:
+that measure]. Baselines in the same cell: PGD through the source's own head, the feature loss at
+the last block, and random sign noise of the same eps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..errors import ScenarioNotApplicable
+from ..metrics import Measurement, proportion
+from ..models import split_source
+from ..registry import ATTACKS, SCENARIOS
+from ..vit import capture_block_outputs, num_blocks
+from .base import CellContext, Scenario
+
+log = logging.getLogger(__name__)
+
+Craft = Callable[[torch.Tensor, int], torch.Tensor]
+"""craft(images, seed) -> adversarial images."""
+
+
+def feature_attack(source: nn.Module, x: torch.Tensor, layer: int, eps: float, alpha: float,
+                   steps: int, seed: int) -> torch.Tensor:
+    """L∞ PGD from a random start minimizing the mean token cosine similarity at block `layer`."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    with capture_block_outputs(source, [layer]) as feats:
+        with torch.no_grad():
+            source(x)
+            clean = next(iter(feats.values())).detach()
+        start = (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
+        x_adv = (x + start).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            source(x_adv)
+            loss = F.cosine_similarity(next(iter(feats.values())), clean, dim=-1).mean()
+            grad, = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() - alpha * grad.sign()
+            x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv.detach()
+
+
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pooled features before the classifier head."""
+    backbone = getattr(model, "backbone", model)
+    if hasattr(model, "mean"):  # NormalizedModel: normalize as its forward does
+        x = (x - model.mean) / model.std
+    return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+
+
+def random_noise(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """x + eps·(random signs), clipped to [0,1]: the no-information baseline."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    signs = torch.randint(0, 2, x.shape, generator=gen, device=x.device).float() * 2 - 1
+    return (x + eps * signs).clamp(0, 1)
+
+
+@SCENARIOS.register("transfer:dta")
+@dataclass(frozen=True, kw_only=True)
+class DTAScenario(Scenario):
+    """Downstream Transfer Attack: feature-disruption PGD on the pre-trained source, fine-tuned victim."""
+
+    kind: ClassVar[str] = "transfer"
+    model_refs: ClassVar[tuple[str, ...]] = ("source",)
+    name: Literal["dta"] = "dta"
+    source: str
+    eps: Annotated[float, Field(ge=0, le=1)] = 8 / 255
+    steps: Annotated[int, Field(ge=1)] = 10
+    alpha: Annotated[float, Field(gt=0)] | None = None
+    layer: Literal["auto"] | int = "auto"
+    selection_examples: Annotated[int, Field(ge=1)] = 64
+    baselines: bool = True
+    report_layers: bool = False
+
+    def step_size(self) -> float:
+        """alpha, or eps/4 [choice]."""
+        return self.alpha if self.alpha is not None else self.eps / 4
+
+    def check_lineage(self, ctx: CellContext) -> None:
+        """Skip unless the evaluated model is fine-tuned from the source (checked for zoo recipes)."""
+        source, model = ctx.references["source"], ctx.model_config
+        if model is None or model.fingerprint == source.fingerprint:
+            raise ScenarioNotApplicable("the evaluated model is the DTA source itself")
+        (mp, mname), (sp, sname) = split_source(model.source), split_source(source.source)
+        if mp == sp == "zoo":
+            from ..zoo import recipe_lineage
+
+            if sname not in recipe_lineage(mname)[1:]:
+                raise ScenarioNotApplicable(f"{model.name} is not fine-tuned from {sname}")
+
+    def select_layer(self, ctx: CellContext, source: nn.Module) -> tuple[int, list[float]]:
+        """The block whose attack lowers the source's pre-logits cosine similarity most."""
+        x, _ = ctx.heldout_batch(self.selection_examples)
+        with torch.no_grad():
+            clean = pre_logits(source, x)
+        scores = []
+        for layer in range(num_blocks(source)):
+            adv = feature_attack(source, x, layer, self.eps, self.step_size(), self.steps, ctx.seed)
+            with torch.no_grad():
+                scores.append(float(F.cosine_similarity(pre_logits(source, adv), clean).mean()))
+        return int(torch.tensor(scores).argmin()), scores
+
+    def run(self, ctx: CellContext) -> list[Measurement]:
+        self.check_lineage(ctx)
+        source = ctx.reference("source")
+        blocks = num_blocks(source)
+        layer = self.layer if self.layer != "auto" else self.select_layer(ctx, source)[0]
+        if not -blocks <= layer < blocks:
+            raise ValueError(f"layer {layer} out of range: the source has {blocks} blocks")
+        methods = self.methods(source, layer % blocks, blocks)
+        counts = {m: 0 for m in methods}
+        n_correct = 0
+        for i, (x, y) in enumerate(ctx.batches()):
+            with torch.no_grad():
+                correct = ctx.model(x).argmax(1) == y
+            x, y = x[correct], y[correct]
+            n_correct += len(y)
+            if not len(y):
+                continue
+            for method, craft in methods.items():
+                adv = craft(x, ctx.seed + i)
+                with torch.no_grad():
+                    counts[method] += int((ctx.model(adv).argmax(1) != y).sum())
+        return [proportion("transfer_success_rate", counts[m], n_correct, method=m.split("@")[0],
+                           attack_layer=_layer_of(m, layer % blocks))
+                for m in methods]
+
+    def methods(self, source: nn.Module, layer: int, blocks: int) -> dict[str, Craft]:
+        """name -> craft(x, seed): DTA at `layer`, and the baselines / per-layer variants asked for."""
+        eps, alpha, steps = self.eps, self.step_size(), self.steps
+
+        def at(block: int) -> Craft:
+            return lambda x, seed: feature_attack(source, x, block, eps, alpha, steps, seed)
+
+        out: dict[str, Craft] = {"dta": at(layer)}
+        if self.baselines:
+            pgd = ATTACKS.get("pgd")(eps=eps, steps=steps, alpha=alpha)
+
+            def source_head(x: torch.Tensor, seed: int) -> torch.Tensor:
+                with torch.no_grad():
+                    label = source(x).argmax(1)
+                return pgd.perturb(source, x, label, seed=seed)
+
+            out["pgd_source_head"] = source_head
+            out[f"feature_last@{blocks - 1}"] = at(blocks - 1)
+            out["random_noise"] = lambda x, seed: random_noise(x, eps, seed)
+        if self.report_layers:
+            out.update({f"dta_layer@{b}": at(b) for b in range(blocks)})
+        return out
+
+
+def _layer_of(method: str, layer: int) -> int | None:
+    if "@" in method:
+        return int(method.split("@")[1])
+    return layer if method == "dta" else None
