@@ -46,3 +46,4 @@ class APGDDLR(_APGD):
     """APGD-DLR: Auto-PGD on the scale-invariant difference-of-logits-ratio loss."""
 
     loss: ClassVar[str] = "dlr"
+    min_classes: ClassVar[int] = 3  # DLR divides by the gap between the 1st and 3rd logit

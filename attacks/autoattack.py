@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 class AutoAttack(Attack):
     """AutoAttack standard: APGD-CE, APGD-T (9 targets), FAB-T, Square (5000 queries); worst case per image."""
 
+    min_classes: ClassVar[int] = 4  # targeted DLR uses the 4th-largest logit
     norm: Norm = "Linf"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
     version: Literal["standard", "plus", "rand"] = "standard"
@@ -36,6 +37,13 @@ class AutoAttack(Attack):
         if self.eps == 0:
             return x.clone()
         runner = self.build(model, x.device, seed)
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        if classes <= runner.apgd_targeted.n_target_classes:
+            # the original's 9 targets need >= 10 classes; with fewer, target every other class
+            runner.apgd_targeted.n_target_classes = runner.fab.n_target_classes = classes - 1
         runner.verbose = log.isEnabledFor(logging.DEBUG)
-        x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the original reseeds torch's global RNG
+            x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv.detach()

@@ -30,10 +30,11 @@ class Attack:
 
     `threat_model` is (norm, eps) for bounded attacks, None for unbounded ones (patches); the
     framework checks every output against it. `needs_gradients` marks white-box attacks, so a
-    non-differentiable defense can be flagged.
+    non-differentiable defense can be flagged. `min_classes`: fewer classes make the cell skipped.
     """
 
     needs_gradients: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2
 
     def threat_model(self) -> tuple[str, float] | None:
         """(norm, eps) of the budget, or None when the attack is unbounded."""

@@ -28,14 +28,22 @@ CORE_MODULES: tuple[str, ...] = (
 )
 
 _loaded: set[str] = set()
+_scanned = False
 
 
-def load_plugins() -> list[str]:
-    """Import core components, built-in plugins and entry-point plugins once; returns their names."""
+def load_plugins(rescan: bool = False) -> list[str]:
+    """Import core components, built-in plugins and entry-point plugins once; returns their names.
+
+    Entry points are scanned on the first call (or with `rescan`), not on every cell.
+    """
+    global _scanned
+    if _scanned and not rescan:
+        return sorted(_loaded)
     for module in CORE_MODULES + BUILTIN_PLUGINS:
         _load(module, module)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _load(ep.value, ep.name)
+    _scanned = True
     return sorted(_loaded)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..api import Attack
-from ..errors import RbvError
+from ..errors import RbvError, ScenarioNotApplicable
 from ..metrics import Measurement, proportion
 from ..params import ParamError, to_plain, validate_params
 from ..registry import ATTACKS, SCENARIOS
@@ -93,6 +93,9 @@ class AttackScenario(Scenario):
         return {"name": self.name, **to_plain(self.attack)}
 
     def run(self, ctx: CellContext) -> list[Measurement]:
+        if ctx.num_classes < type(self.attack).min_classes:
+            raise ScenarioNotApplicable(f"{self.name} needs at least {type(self.attack).min_classes} "
+                                        f"classes; this task has {ctx.num_classes}")
         n = n_correct = n_robust = 0
         stats: dict[str, list[int]] = {}
         for i, (x, y) in enumerate(ctx.batches()):
