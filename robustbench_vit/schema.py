@@ -26,9 +26,14 @@ def scenario_schemas() -> list[dict[str, Any]]:
         if kind == "attack":
             for name in ATTACKS.names():
                 out.append(_component_schema(ATTACKS.get(name), {
-                    "kind": {"const": "attack"}, "name": {"const": name}, "sweep": sweep}))
+                    "kind": {"const": "attack"}, "name": {"const": name}, "sweep": sweep,
+                    "eot": {"type": "integer", "minimum": 1}}))
         else:
-            out.append(_component_schema(cls, {"kind": {"const": kind}, "sweep": sweep}))
+            base, _, name = kind.partition(":")
+            extra = {"kind": {"const": base}, "sweep": sweep}
+            if name:
+                extra["name"] = {"const": name}
+            out.append(_component_schema(cls, extra))
     return out
 
 

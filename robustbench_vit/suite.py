@@ -234,7 +234,7 @@ def _scenario_fields(cls: Any, raw: dict[str, Any]) -> list[str]:
 
     name = raw.get("name")
     if getattr(cls, "kind", "") == "attack" and isinstance(name, str) and name in ATTACKS:
-        return ["name", *field_names(ATTACKS.get(raw["name"]))]
+        return ["name", "eot", *field_names(ATTACKS.get(raw["name"]))]
     return field_names(cls)
 
 

@@ -253,3 +253,41 @@ def test_unknown_patch_content_is_a_param_error() -> None:
 
     with pytest.raises(ParamError, match="did you mean 'fog'"):
         validate_params(ATTACKS.get("patch"), {"content": "corruption:fogg"})
+
+
+# --- EOT -----------------------------------------------------------------------------------------
+
+class _Noisy(nn.Module):
+    """A randomized model: logits of a fixed linear map plus fresh noise each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1)) + torch.randn(len(x), 3)
+
+
+def test_eot_averages_many_random_draws() -> None:
+    from robustbench_vit.eot import EOTModel
+
+    torch.manual_seed(0)
+    model = _Noisy()
+    x = torch.rand(2, 3, 2, 2)
+    single = torch.stack([model(x) for _ in range(50)]).std(0).mean()
+    averaged = torch.stack([EOTModel(model, 64)(x) for _ in range(50)]).std(0).mean()
+    assert averaged < single / 4  # sqrt(64) = 8 in expectation
+    with pytest.raises(ValueError):
+        EOTModel(model, 0)
+
+
+def test_attack_scenario_accepts_eot(tmp_path: Path, digits_model) -> None:
+    (cell,) = suite_cells(tmp_path, '  - {name: vit, source: "zoo:digits_vit"}',
+                          "  - {kind: attack, name: pgd, eps: 8/255, steps: 3, eot: 2}", n=32)
+    assert cell.scenario_params["eot"] == 2
+    result = evaluate_cell(cell)
+    assert result.status == "ok", result.error
+    with pytest.raises(SuiteError) as err:
+        suite_cells(tmp_path, '  - {name: vit, source: "zoo:digits_vit"}',
+                    "  - {kind: attack, name: pgd, eot: 0}")
+    assert err.value.problems[0][0] == "scenarios[0].eot"

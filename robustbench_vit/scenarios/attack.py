@@ -10,6 +10,7 @@ from torch import nn
 
 from ..api import Attack
 from ..errors import RbvError, ScenarioNotApplicable
+from ..eot import EOTModel
 from ..metrics import Measurement, proportion
 from ..params import ParamError, to_plain, validate_params
 from ..registry import ATTACKS, SCENARIOS
@@ -44,12 +45,13 @@ def check_budget(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> None:
 
 def attack_batch(
     model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, seed: int,
-    stats: dict[str, list[int]] | None = None,
+    stats: dict[str, list[int]] | None = None, attack_model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clean_correct, robust, x_adv): attacks only clean-correct images; others keep x.
 
     `robust` is correct on clean AND adversarial input, so robust accuracy never exceeds clean.
     Proportions the attack measures itself are added into `stats` ({metric: [successes, n]}).
+    The attack runs on `attack_model` (an EOT or surrogate view) when given; `model` judges it.
     """
     with torch.no_grad():
         clean_correct = model(x).argmax(1) == y
@@ -57,7 +59,8 @@ def attack_batch(
     robust = torch.zeros_like(clean_correct)
     idx = torch.nonzero(clean_correct).flatten()
     if len(idx):
-        adv, own = attack.perturb_with_stats(model, x[idx], y[idx], seed=seed)
+        target = attack_model if attack_model is not None else model
+        adv, own = attack.perturb_with_stats(target, x[idx], y[idx], seed=seed)
         adv = adv.detach()
         check_budget(attack, x[idx], adv)
         for metric, (hits, total) in own.items():
@@ -78,19 +81,24 @@ class AttackScenario(Scenario):
     needs_gradients: ClassVar[bool] = True
     name: str
     attack: Attack
+    eot: int = 1
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> AttackScenario:
         params = dict(params)
+        eot = params.pop("eot", 1)
+        if not isinstance(eot, int) or isinstance(eot, bool) or eot < 1:
+            raise ParamError("eot", f"expected a number of EOT samples >= 1, got {eot!r}")
         if "name" not in params:
             raise ValueError("an attack scenario needs `name:` (see `rbv ls attacks`)")
         name = params.pop("name")
         if not isinstance(name, str):
             raise ParamError("name", f"expected an attack name (`rbv ls attacks`), got {name!r}")
-        return cls(name=name, attack=validate_params(ATTACKS.get(name), params))
+        return cls(name=name, attack=validate_params(ATTACKS.get(name), params), eot=eot)
 
     def to_params(self) -> dict[str, Any]:
-        return {"name": self.name, **to_plain(self.attack)}
+        eot = {"eot": self.eot} if self.eot != 1 else {}
+        return {"name": self.name, **to_plain(self.attack), **eot}
 
     def run(self, ctx: CellContext) -> list[Measurement]:
         if ctx.num_classes < type(self.attack).min_classes:
@@ -98,9 +106,11 @@ class AttackScenario(Scenario):
                                         f"classes; this task has {ctx.num_classes}")
         n = n_correct = n_robust = 0
         stats: dict[str, list[int]] = {}
+        view = ctx.attack_model if ctx.attack_model is not None else ctx.model
+        view = EOTModel(view, self.eot) if self.eot > 1 else view
         for i, (x, y) in enumerate(ctx.batches()):
             clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i,
-                                                    stats)
+                                                    stats, attack_model=view)
             n += len(y)
             n_correct += int(clean_correct.sum())
             n_robust += int(robust.sum())
@@ -110,6 +120,6 @@ class AttackScenario(Scenario):
             **{metric: (hits, total) for metric, (hits, total) in stats.items()},
         }
         rows = [proportion(metric, hits, total) for metric, (hits, total) in measured.items()]
-        if self.attack.needs_gradients and not ctx.defense_differentiable:
+        if self.attack.needs_gradients and not ctx.defense_differentiable and ctx.attack_model is None:
             rows = [replace(r, extra={**r.extra, "flag": NOT_DIFFERENTIABLE}) for r in rows]
         return rows

@@ -35,6 +35,8 @@ class CellContext:
     heldout: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
     data_key: str = ""
     model_key: str = ""
+    attack_model: nn.Module | None = None
+    """A differentiable view for gradient attacks when the defended model is not (set by defenses)."""
 
     def reference(self, name: str) -> nn.Module:
         """The model a scenario field refers to (e.g. a DTA source), loaded, frozen, in eval mode."""
