@@ -59,16 +59,33 @@ class Attack:
 class Defense:
     """Base of defenses: `apply` returns the defended model (still [0,1] images in, logits out).
 
-    `stage` is "inference" (wraps or edits a trained model) or "training" (the zoo fine-tunes
-    the base model with the defense). `differentiable` False flags gradient-attack rows.
+    `stage` is "inference" (wraps or edits a trained model) or "training" (the zoo fine-tunes the
+    base model with the defense applied, cached by content hash; `needs_training` may depend on a
+    field). `apply` receives a private copy and may edit it in place. Training hooks: `epochs`,
+    `lr` fields when present, and `training_loss` for extra loss terms. `differentiable` False
+    flags gradient-attack rows unless `attack_view` gives a differentiable stand-in to attack.
     """
 
     stage: ClassVar[Literal["inference", "training"]] = "inference"
     differentiable: ClassVar[bool] = True
 
+    def needs_training(self) -> bool:
+        """Whether the zoo must fine-tune the base model with this defense."""
+        return self.stage == "training"
+
     def apply(self, model: nn.Module) -> nn.Module:
         """The defended model."""
         return model
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      logits: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss term added while fine-tuning (None: plain cross-entropy)."""
+        return None
+
+    def attack_view(self, defended: nn.Module) -> nn.Module | None:
+        """A differentiable model for gradient attacks (e.g. the base classifier on random
+        ablations, attacked with EOT); None to attack `defended` itself."""
+        return None
 
 
 register_attack = ATTACKS.register

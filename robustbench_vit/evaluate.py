@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import traceback
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .api import Defense
 from .cells import Cell, ModelConfig, stable_hash
 from .datasets import heldout_indices, subset
 from .errors import ScenarioNotApplicable
@@ -59,7 +61,7 @@ def seed_everything(seed: int) -> None:
 
 
 _MODEL_CACHE: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
-_MODEL_CACHE_SIZE = 4
+_MODEL_CACHE_SIZE = 8
 
 
 def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
@@ -69,19 +71,40 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
         _MODEL_CACHE.move_to_end(key)
         return _MODEL_CACHE[key]
     model = build_model(cfg, device)
-    _MODEL_CACHE[key] = model
-    while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
-        _MODEL_CACHE.popitem(last=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _remember(key, model)
     return model
 
 
+def _remember(key: tuple[str, str], model: nn.Module) -> None:
+    _MODEL_CACHE[key] = model
+    while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+        _MODEL_CACHE.popitem(last=False)
+
+
 def build_defended(cell: Cell, device: torch.device) -> tuple[nn.Module, Any]:
-    """The cell's model with its defense applied; returns (model, defense)."""
+    """The cell's model with its defense applied; returns (model, defense).
+
+    Training defenses come from the zoo (the base model fine-tuned with the defense, cached);
+    inference defenses edit a private copy of the (shared, cached) base model.
+    """
     defense = validate_params(DEFENSES.get(cell.defense), cell.defense_params)
-    model = defense.apply(load_model(cell.model, device))
+    key = (stable_hash([asdict(cell.model), cell.defense, cell.defense_params]), str(device))
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key], defense
+    if defense.needs_training():
+        from .defended import load_defended_model
+
+        model = load_defended_model(cell.model, defense, device)
+    elif type(defense).apply is Defense.apply:
+        return load_model(cell.model, device), defense
+    else:
+        model = defense.apply(copy.deepcopy(load_model(cell.model, device)))
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.eval(), defense
+    _remember(key, model.eval())
+    return model, defense
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +150,8 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> C
                           load_model=lambda cfg: load_model(cfg, device),
                           data_key=stable_hash([asdict(cell.data), cell.seed]),
                           model_key=stable_hash([cell.model.source, cell.model.fingerprint,
-                                                 cell.defense, cell.defense_params]))
+                                                 cell.defense, cell.defense_params]),
+                          attack_model=defense.attack_view(model), defense=defense)
         measurements = scenario.run(ctx)
         status, error = "ok", None
     except ScenarioNotApplicable as exc:

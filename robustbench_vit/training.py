@@ -48,11 +48,13 @@ def train_classifier(
     device: torch.device,
     on_epoch: Callable[[int, float], None] | None = None,
     teacher: nn.Module | None = None,
+    extra_loss: Callable[..., torch.Tensor | None] | None = None,
 ) -> float:
     """Train `model` in place; returns wall seconds. `on_epoch(epoch, mean_loss)` reports progress.
 
     With a `teacher`, the loss is Hinton et al.'s distillation: (1−w)·CE + w·T²·KL(teacher ‖ student).
     Only parameters with requires_grad train (fine-tuning schemes freeze the rest).
+    `extra_loss(model, x, y, logits)` adds a term (a defense's regularizer) when it returns one.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -74,6 +76,8 @@ def train_classifier(
             loss = loss_fn(logits, y)
             if teacher is not None:
                 loss = distillation_loss(logits, teacher, x, loss, cfg)
+            if extra_loss is not None and (extra := extra_loss(model, x, y, logits)) is not None:
+                loss = loss + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -35,6 +35,8 @@ class CellContext:
     heldout: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
     data_key: str = ""
     model_key: str = ""
+    defense: Any = None
+    """The cell's defense object (scenarios such as `certify` need its parameters)."""
     attack_model: nn.Module | None = None
     """A differentiable view for gradient attacks when the defended model is not (set by defenses)."""
 

@@ -1,0 +1,103 @@
+"""Training defenses in the zoo: a base recipe's model fine-tuned with a defense, cached by content hash."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cache import atomic_path, cache_dir, file_lock
+from .cells import ModelConfig, stable_hash
+from .errors import ModelLoadError
+from .models import split_source
+from .params import to_plain
+from .registry import ZOO
+from .training import TrainConfig, accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+DEFENSE_FORMAT = 1
+"""Bump when defense fine-tuning changes what it produces."""
+
+
+def _recipe_name(base: ModelConfig, defense: Any) -> str:
+    prefix, name = split_source(base.source)
+    if prefix != "zoo":
+        raise ModelLoadError(
+            f"{type(defense).__name__} is a training defense: the zoo fine-tunes the base model with "
+            f"it, so the model must be a zoo: recipe (got {base.source})")
+    return name
+
+
+def defended_path(base: ModelConfig, defense: Any) -> Path:
+    """Where the defended checkpoint of `base` lives in the cache."""
+    name = _recipe_name(base, defense)
+    key = stable_hash([DEFENSE_FORMAT, ZOO.get(name).recipe_hash(), type(defense).__name__,
+                       to_plain(defense)])
+    return cache_dir("zoo") / f"{name}+{type(defense).__name__}-{key}.safetensors"
+
+
+def _fresh(name: str, defense: Any) -> nn.Module:
+    recipe = ZOO.get(name)
+    model = recipe.build_untrained()
+    torch.manual_seed(recipe.seed + 1)  # new defense parameters are initialized reproducibly
+    return defense.apply(model)
+
+
+def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Path:
+    """Fine-tune `base` with `defense` unless cached; returns the checkpoint path."""
+    from safetensors.torch import save_file
+
+    from .zoo import load_zoo_model
+
+    path = defended_path(base, defense)
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            return path
+        name = _recipe_name(base, defense)
+        recipe = ZOO.get(name)
+        trained = load_zoo_model(name, device).state_dict()
+        model = _fresh(name, defense).to(device)
+        missing = model.load_state_dict(trained, strict=False)
+        log.info("fine-tuning %s with %s (new: %s)", name, type(defense).__name__,
+                 ", ".join(missing.missing_keys[:6]) or "none")
+        cfg = TrainConfig(epochs=getattr(defense, "epochs", 10), batch_size=recipe.batch_size,
+                          lr=getattr(defense, "lr", 1e-3), weight_decay=recipe.weight_decay,
+                          seed=recipe.seed)
+        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
+                                   extra_loss=defense.training_loss)
+        test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
+        meta = {"base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
+                "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
+        log.info("%s + %s: test accuracy %.4f after %.1fs", name, type(defense).__name__,
+                 test_acc, seconds)
+    return path
+
+
+def load_defended_model(base: ModelConfig, defense: Any, device: torch.device) -> nn.Module:
+    """The base zoo model fine-tuned with a training defense (trained first when not cached)."""
+    from safetensors.torch import load_file
+
+    path = ensure_defended(base, defense, device)
+    model = _fresh(_recipe_name(base, defense), defense)
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()
+
+
+def defended_metadata(base: ModelConfig, defense: Any) -> dict[str, Any] | None:
+    """The fine-tuning record of a defended checkpoint, or None when not built yet."""
+    meta = defended_path(base, defense).with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.is_file() else None
