@@ -1,4 +1,4 @@
-"""Datasets: digits (embedded), imagefolder, cifar10 and synthetic; images in [0,1], labels as ints."""
+"""Datasets: digits (embedded), imagefolder, cifar10, imagenet_c and synthetic; images in [0,1]."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import Field
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .errors import DataError
-from .registry import DATASETS
+from .errors import DataError, UnknownNameError
+from .params import ParamError
+from .registry import CORRUPTIONS, DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,139 @@ class Cifar10(DatasetSource):
                            download=self.download, transform=eval_transform(data_config, 32))
         except RuntimeError as exc:
             raise DataError(f"cifar10 at {self.root}: {exc} (set download: true to fetch it)") from None
+
+
+@runtime_checkable
+class ProvidesCorruptions(Protocol):
+    """A loaded dataset whose corrupted copies are files (ImageNet-C): scenarios read, not generate.
+
+    `corrupted(name, severity)` and `clean()` are aligned with it index by index; `clean()` is None
+    when the clean images are not available. `published_baseline` names the published error table
+    that mCE is relative to by default (see robustbench_vit.aggregates).
+    """
+
+    published_baseline: str | None
+
+    def corrupted(self, name: str, severity: int) -> Dataset: ...
+
+    def clean(self) -> Dataset | None: ...
+
+
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp"})
+
+
+def list_class_images(folder: Path) -> dict[str, Path]:
+    """"class/stem" -> file, for every image in the class sub-folders of `folder`."""
+    if not folder.is_dir():
+        raise DataError(f"no such folder {folder}")
+    return {f"{d.name}/{f.stem}": f for d in sorted(p for p in folder.iterdir() if p.is_dir())
+            for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES}
+
+
+class FolderImages(Dataset):
+    """Images of a class-folder tree in a fixed order of "class/stem" keys, with one transform."""
+
+    def __init__(self, folder: Path, keys: list[str], classes: list[str], transform: Any):
+        found = list_class_images(folder)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise DataError(f"{folder}: {len(missing)} of {len(keys)} images missing "
+                            f"(first: {missing[0]})")
+        index = {c: i for i, c in enumerate(classes)}
+        self.samples = [(found[k], index[k.split("/", 1)[0]]) for k in keys]
+        self.keys, self.classes, self.transform = keys, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as image:
+            return self.transform(image.convert("RGB")), label
+
+
+def precomputed_transform(data_config: dict[str, Any] | None, native_size: int) -> Any:
+    """ToTensor for files already at the model's input size, else one resize to it (no crop)."""
+    from torchvision import transforms
+
+    size = tuple((data_config or {}).get("input_size", (3, native_size, native_size))[-2:])
+    if size == (native_size, native_size):
+        return transforms.ToTensor()
+    name = str((data_config or {}).get("interpolation", "bilinear"))
+    modes = {m.value: m for m in transforms.InterpolationMode}
+    mode = modes.get(name, transforms.InterpolationMode.BILINEAR)
+    return transforms.Compose([transforms.Resize(size, interpolation=mode, antialias=True),
+                               transforms.ToTensor()])
+
+
+class CorruptionFolders(FolderImages):
+    """One ImageNet-C folder (corruption, severity); `corrupted` gives the others, aligned."""
+
+    published_baseline: str | None = "published:alexnet"
+
+    def __init__(self, source: ImageNetC, data_config: dict[str, Any] | None):
+        folder = source.folder(source.corruption, source.severity)
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        super().__init__(folder, list(list_class_images(folder)), classes,
+                         precomputed_transform(data_config, source.image_size))
+        self.source, self.data_config = source, data_config
+
+    def corrupted(self, name: str, severity: int) -> FolderImages:
+        """The same images under corruption `name` at `severity` (read from its folder)."""
+        return FolderImages(self.source.folder(name, severity), self.keys, self.classes,
+                            self.transform)
+
+    def clean(self) -> FolderImages | None:
+        """The same images from `clean_root` (ImageNet val layout, the model's eval transform)."""
+        if not self.source.clean_root:
+            return None
+        return FolderImages(Path(self.source.clean_root).expanduser(), self.keys, self.classes,
+                            eval_transform(self.data_config))
+
+
+@DATASETS.register("imagenet_c")
+@dataclass(frozen=True, kw_only=True)
+class ImageNetC(DatasetSource):
+    """The published ImageNet-C files: root/<corruption>/<severity>/<wnid>/<image>, not regenerated.
+
+    `load` returns the (corruption, severity) folder; the corruption scenario reads the folder of
+    every corruption it lists. Files are used as they are (224 center crops: ToTensor only) unless
+    the model's input size differs (one resize, no second crop). `clean_root` (ImageNet val in
+    class folders, same file names) gives the clean accuracy that relative mCE needs.
+    """
+
+    root: str
+    corruption: str = "gaussian_noise"
+    severity: Annotated[int, Field(ge=1, le=5)] = 1
+    clean_root: str | None = None
+    image_size: Annotated[int, Field(ge=8)] = 224
+    classes: Annotated[int, Field(ge=2)] | None = None
+
+    def check(self) -> None:
+        from . import corruptions  # noqa: F401 - registers the corruption names
+
+        try:
+            CORRUPTIONS.get(self.corruption)
+        except UnknownNameError as exc:
+            raise ParamError("corruption", str(exc)) from None
+
+    def folder(self, corruption: str, severity: int) -> Path:
+        """root/<corruption>/<severity>."""
+        return Path(self.root).expanduser() / corruption / str(severity)
+
+    def num_classes(self) -> int:
+        if self.classes:
+            return self.classes
+        folder = self.folder(self.corruption, self.severity)
+        return sum(1 for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else 0
+
+    def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
+        try:
+            return CorruptionFolders(self, data_config)
+        except DataError as exc:
+            raise DataError(f"imagenet_c: {exc}") from None
 
 
 def subset_indices(total: int, n_examples: int | None, seed: int) -> list[int]:

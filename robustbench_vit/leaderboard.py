@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Callable
@@ -20,12 +21,17 @@ DEFENSE_PARAMS = "defense_params"
 DERIVED: list[Callable[[pd.DataFrame], pd.DataFrame]] = []
 """Functions from the long table of stored rows to extra aggregate rows (mce, order stats...)."""
 
+AGGREGATE_MODULES: list[str] = ["robustbench_vit.aggregates", "robustbench_vit.aggregates_order"]
+"""Modules that append to DERIVED when imported; loaded lazily by long_table (no import cycle)."""
+
 
 def long_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (suite, model, defense, scenario, params, metric): stored values and aggregates."""
+    for name in AGGREGATE_MODULES:
+        importlib.import_module(name)
     ok = rows[(rows["status"] == "ok") & rows["metric"].notna()]
     table = ok[LONG_COLUMNS].reset_index(drop=True)
-    derived = [fn(table) for fn in DERIVED]
+    derived = [frame for frame in (fn(table) for fn in DERIVED) if not frame.empty]
     return pd.concat([table, *derived], ignore_index=True) if derived else table
 
 
@@ -52,6 +58,10 @@ def defense_labels(table: pd.DataFrame) -> pd.Series:
     return pd.Series(labels, index=table.index, dtype=object)
 
 
+DETAIL_KEYS = {"permutation", "draw"}
+"""Params of per-draw rows: kept in the long table, summarized by aggregates in the headline pivot."""
+
+
 def column_labels(table: pd.DataFrame) -> pd.Series:
     """"scenario [varying params] metric" per row: params shown only where they vary in a scenario.
 
@@ -65,7 +75,8 @@ def column_labels(table: pd.DataFrame) -> pd.Series:
         keys = sorted({k for p in group for k in p})
         varying[scenario] = [k for k in keys if len({repr(p.get(k)) for p in group}) > 1]
     for scenario, p, metric in zip(table["scenario"], params, table["metric"]):
-        shown = " ".join(f"{k}={format_value(p.get(k))}" for k in varying[scenario])
+        shown = " ".join(f"{k}={format_value(p[k])}" for k in varying[scenario]
+                         if p.get(k) is not None)
         labels.append(" ".join(x for x in (scenario, shown, metric) if x))
     return pd.Series(labels, index=table.index)
 
@@ -76,7 +87,8 @@ def pivot(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
         return pd.DataFrame()
     if headline_only:
         headline = {m for m in METRICS.names() if METRICS.get(m).headline}
-        table = table[table["metric"].isin(headline)]
+        detail = table["params"].map(lambda text: bool(DETAIL_KEYS & set(json.loads(text))))
+        table = table[table["metric"].isin(headline) & ~detail]
     table = table.assign(column=column_labels(table), defense=defense_labels(table))
     wide = table.pivot_table(index=["model", "defense"], columns="column", values="value",
                              aggfunc="last", sort=False)

@@ -24,7 +24,11 @@ class Metric:
 
 @dataclass(frozen=True, kw_only=True)
 class Measurement:
-    """One number a scenario produced, with its sample size, interval and extra params."""
+    """One number a scenario produced, with its sample size, interval and extra params.
+
+    `scenario_name` names the row's scenario when one cell measures several (`corruption:fog`):
+    the stored `scenario` becomes "kind:scenario_name" instead of the cell's label.
+    """
 
     metric: str
     value: float
@@ -32,6 +36,7 @@ class Measurement:
     ci_low: float | None = None
     ci_high: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    scenario_name: str | None = None
 
 
 _VOCABULARY = [

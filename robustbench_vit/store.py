@@ -15,6 +15,7 @@ import torch
 
 from .cells import Cell, canonical_json
 from .evaluate import CellResult
+from .metrics import Measurement
 
 COLUMNS = [
     "run_id", "suite", "suite_version", "cell_key", "model", "defense", "scenario", "params",
@@ -102,7 +103,8 @@ class ResultStore:
         if not result.measurements:
             return [{**base, "params": canonical_json(cell.row_params), "metric": None,
                      "value": None, "n": None, "ci_low": None, "ci_high": None}]
-        return [{**base, "params": canonical_json({**cell.row_params, **m.extra}),
+        return [{**base, "scenario": scenario_label(cell, m),
+                 "params": canonical_json({**cell.row_params, **m.extra}),
                  "metric": m.metric, "value": m.value, "n": m.n, "ci_low": m.ci_low,
                  "ci_high": m.ci_high} for m in result.measurements]
 
@@ -120,6 +122,13 @@ class ResultStore:
     def count(self) -> int:
         """Number of rows."""
         return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+
+def scenario_label(cell: Cell, measurement: Measurement) -> str:
+    """The `scenario` column of a row: "kind:scenario_name" when the measurement names one."""
+    if measurement.scenario_name:
+        return f"{cell.scenario_kind}:{measurement.scenario_name}"
+    return cell.scenario_label
 
 
 def parse_params(text: str) -> dict[str, Any]:

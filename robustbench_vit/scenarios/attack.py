@@ -106,7 +106,10 @@ class AttackScenario(Scenario):
                                         f"classes; this task has {ctx.num_classes}")
         n = n_correct = n_robust = 0
         stats: dict[str, list[int]] = {}
-        view = ctx.attack_model if ctx.attack_model is not None else ctx.model
+        # gradient attacks on a non-differentiable defense go through its differentiable view;
+        # score-based attacks query the defended model itself
+        surrogate = ctx.attack_model if self.attack.needs_gradients else None
+        view = surrogate if surrogate is not None else ctx.model
         view = EOTModel(view, self.eot) if self.eot > 1 else view
         for i, (x, y) in enumerate(ctx.batches()):
             clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i,

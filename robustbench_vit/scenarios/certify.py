@@ -1,0 +1,110 @@
+"""`certify`: certified accuracy of a smoothed ViT against an m×m adversarial patch.
+
+An m×m patch meets at most Δ = ceil((m + b − 1)/s) column ablations (Δ² for block ablations,
+which need the patch to overlap in both directions), so it moves at most Δ votes. The scenario counts
+Δ exactly on the wrapping ablation grid (`certificate_delta`): the same number when s divides the
+image size, one more per axis where a stride that does not divide it leaves a short gap at the wrap. An image is
+certified iff the smoothed prediction is the true label and count_top − count_second > 2Δ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+import torch
+from pydantic import Field
+
+from ..errors import ScenarioNotApplicable
+from ..metrics import Measurement, proportion
+from ..registry import DEFENSES, SCENARIOS
+from .base import CellContext, Scenario
+
+
+def affected_ablations(ablation: str, size: int, stride: int, patch: int) -> int:
+    """Δ: how many ablation positions an m×m patch can reach (votes it can change)."""
+    per_axis = math.ceil((patch + size - 1) / stride)
+    return per_axis * per_axis if ablation == "block" else per_axis
+
+
+def reachable_ablations(extent: int, size: int, stride: int, patch: int) -> int:
+    """Exact per-axis Δ on a wrapping axis of `extent` pixels: the most bands one patch meets.
+
+    Equals ceil((m + b − 1)/s) when s divides the extent (fewer once bands cover the axis); when
+    it does not, the short gap across the wrap can let a patch meet one band more.
+    """
+    starts = range(0, extent, stride)
+    best = 0
+    for q in range(extent):
+        hit = {(q + i) % extent for i in range(patch)}
+        best = max(best, sum(any((p + j) % extent in hit for j in range(size)) for p in starts))
+    return best
+
+
+def certificate_delta(
+    ablation: str, size: int, stride: int, patch: int, shape: tuple[int, int]
+) -> int:
+    """Δ for images of `shape` (H, W): the votes an m×m patch can change, never below the need."""
+    cols = reachable_ablations(shape[1], size, stride, patch)
+    return (
+        cols * reachable_ablations(shape[0], size, stride, patch) if ablation == "block" else cols
+    )
+
+
+def required_margin(delta: int) -> int:
+    """Smallest count_top − count_second that certifies against Δ changed votes: 2Δ + 1."""
+    return 2 * delta + 1
+
+
+def smoothed_prediction(votes: torch.Tensor) -> torch.Tensor:
+    """Argmax of vote counts (B, classes), ties to the lower class index."""
+    classes = torch.arange(votes.shape[1], device=votes.device).expand_as(votes)
+    top = votes.max(1, keepdim=True).values
+    return torch.where(votes == top, classes, votes.shape[1]).min(1).values
+
+
+def certified(votes: torch.Tensor, labels: torch.Tensor, delta: int) -> torch.Tensor:
+    """(B,) bool: prediction == label and count_top − count_second > 2Δ."""
+    pred = smoothed_prediction(votes)
+    top = votes.gather(1, pred[:, None]).squeeze(1)
+    others = votes.scatter(1, pred[:, None], float("-inf"))
+    second = others.max(1).values if votes.shape[1] > 1 else torch.zeros_like(top)
+    return (pred == labels) & (top - second > 2 * delta)
+
+
+def is_smoothing(defense: object) -> bool:
+    """Whether `defense` is the registered `smoothing` defense."""
+    return "smoothing" in DEFENSES.names() and type(defense) is DEFENSES.get("smoothing")
+
+
+@SCENARIOS.register("certify")
+@dataclass(frozen=True, kw_only=True)
+class CertifyScenario(Scenario):
+    """Certified accuracy against m×m patches for derandomized smoothing (`smoothing` defense)."""
+
+    kind: ClassVar[str] = "certify"
+    patch_size: Annotated[int, Field(ge=1)]
+
+    @torch.no_grad()
+    def run(self, ctx: CellContext) -> list[Measurement]:
+        if not is_smoothing(ctx.defense):
+            name = type(ctx.defense).__name__ if ctx.defense is not None else "none"
+            raise ScenarioNotApplicable(f"certify needs the smoothing defense, not {name}")
+        defense = ctx.defense
+        base = ctx.model.base_classifier().eval()
+        n = n_smoothed = n_certified = n_base = 0
+        for x, y in ctx.batches():
+            delta = certificate_delta(
+                defense.ablation, defense.size, defense.stride, self.patch_size, tuple(x.shape[-2:])
+            )
+            votes = ctx.model(x)
+            n += len(y)
+            n_smoothed += int((smoothed_prediction(votes) == y).sum())
+            n_certified += int(certified(votes, y, delta).sum())
+            n_base += int((base(x).argmax(1) == y).sum())
+        return [
+            proportion("smoothed_accuracy", n_smoothed, n),
+            proportion("certified_accuracy", n_certified, n),
+            proportion("accuracy", n_base, n, model="base"),
+        ]
