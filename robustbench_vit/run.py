@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .cells import Cell
+from .cells import Cell, canonical_json
 from .models import split_source
 from .registry import Registry
 from .runners.base import NullProgress, Progress, Runner, RunSummary
@@ -20,14 +20,27 @@ RUNNERS.register("local", LocalRunner)
 
 
 def prepare(cells: list[Cell]) -> None:
-    """Build shared expensive inputs once, before any cell needs them (zoo checkpoints)."""
+    """Build shared expensive inputs once, before any cell needs them: zoo checkpoints, and the
+    zoo models fine-tuned with training defenses."""
+    from .defended import ensure_defended
     from .evaluate import resolve_device
+    from .params import validate_params
+    from .registry import DEFENSES
     from .zoo import ensure_trained
 
     recipes = {(split_source(c.model.source)[1], c.device) for c in cells
                if split_source(c.model.source)[0] == "zoo"}
     for name, device in sorted(recipes):
         ensure_trained(name, resolve_device(device))
+    seen: set[str] = set()
+    for cell in cells:
+        key = canonical_json([cell.model.source, cell.defense, cell.defense_params, cell.device])
+        if key in seen or split_source(cell.model.source)[0] != "zoo":
+            continue
+        seen.add(key)
+        defense = validate_params(DEFENSES.get(cell.defense), cell.defense_params)
+        if defense.needs_training():
+            ensure_defended(cell.model, defense, resolve_device(cell.device))
 
 
 def run_suite(

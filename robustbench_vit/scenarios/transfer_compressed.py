@@ -97,6 +97,9 @@ class CompressedTransfer(Scenario):
         return adv
 
     def run(self, ctx: CellContext) -> list[Measurement]:
+        if not ctx.defense_differentiable:
+            raise ScenarioNotApplicable("compressing a non-differentiable defended model is not "
+                                        "defined; evaluate the base model")
         self.check_student(ctx)
         batches = list(ctx.batches())
         x = torch.cat([b[0] for b in batches])
