@@ -4,7 +4,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Attack, Defense, register_attack, register_dataset, register_defense, register_recipe
+from .api import (
+    Attack,
+    Defense,
+    register_attack,
+    register_dataset,
+    register_defense,
+    register_recipe,
+)
 from .cells import Cell
 from .errors import RbvError, SuiteError
 from .evaluate import evaluate_cell

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,8 +34,8 @@ def fail(exc: RbvError) -> typer.Exit:
 def evaluate(
     suite: SuiteArg,
     results: ResultsOpt = Path("results"),
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="Runner backend (default: the suite's).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    backend: Annotated[str | None, typer.Option(help="Runner backend (default: the suite's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a suite (finished cells are skipped), then print its leaderboard."""
@@ -78,7 +78,7 @@ def validate(suite: SuiteArg) -> None:
 @app.command()
 def leaderboard(
     results: ResultsOpt = Path("results"),
-    suite: Annotated[Optional[str], typer.Option(help="Only this suite.")] = None,
+    suite: Annotated[str | None, typer.Option(help="Only this suite.")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json | markdown")] = "table",
 ) -> None:
     """Print the leaderboard of stored results."""

@@ -6,8 +6,8 @@ import copy
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

@@ -15,7 +15,7 @@ import torch
 from . import finetune
 from .cache import atomic_path, cache_dir, file_lock
 from .cells import ModelConfig, stable_hash
-from .models import ModelSource, NormalizedModel, SOURCES, create_timm_backbone, split_source
+from .models import SOURCES, ModelSource, NormalizedModel, create_timm_backbone, split_source
 from .params import to_plain
 from .registry import DATASETS, ZOO
 from .training import TrainConfig, accuracy, train_classifier

@@ -12,7 +12,7 @@ from robustbench_vit import load_suite
 from robustbench_vit.compression import compress
 from robustbench_vit.errors import SuiteError
 from robustbench_vit.evaluate import evaluate_cell
-from robustbench_vit.finetune import LoRALinear, SCHEMES, finalize
+from robustbench_vit.finetune import SCHEMES, LoRALinear, finalize
 from robustbench_vit.registry import ATTACKS
 from robustbench_vit.scenarios.transfer_compressed import CompressedTransfer
 from robustbench_vit.scenarios.transfer_dta import random_noise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Progress, RunSummary, Runner
+from .base import Progress, Runner, RunSummary
 from .local import LocalRunner
 
 __all__ = ["LocalRunner", "Progress", "RunSummary", "Runner"]

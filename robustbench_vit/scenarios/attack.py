@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..api import Attack
-from ..errors import RbvError, ScenarioNotApplicable
 from ..eot import EOTModel
+from ..errors import RbvError, ScenarioNotApplicable
 from ..metrics import Measurement, proportion
 from ..params import ParamError, to_plain, validate_params
 from ..registry import ATTACKS, SCENARIOS

@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..cells import ModelConfig
-from ..metrics import Measurement
 from ..errors import UnknownNameError
+from ..metrics import Measurement
 from ..params import to_plain, validate_params
 from ..registry import SCENARIOS
 
