@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def cache_dir(*parts: str) -> Path:
@@ -47,3 +50,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_checkpoint(path: Path, module: Any, meta: dict[str, Any]) -> None:
+    """Write `module`'s weights (safetensors) and its training record (JSON beside it), atomically.
+
+    The JSON goes first: a checkpoint file present means its record is too.
+    """
+    from safetensors.torch import save_file
+
+    record = {**meta, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))

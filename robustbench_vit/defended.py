@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .cache import atomic_path, cache_dir, file_lock
+from .cache import cache_dir, file_lock, save_checkpoint
 from .cells import ModelConfig, stable_hash
 from .errors import ModelLoadError
 from .models import split_source
@@ -51,8 +50,6 @@ def _fresh(name: str, defense: Any) -> nn.Module:
 
 def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Path:
     """Fine-tune `base` with `defense` unless cached; returns the checkpoint path."""
-    from safetensors.torch import save_file
-
     from .zoo import load_zoo_model
 
     path = defended_path(base, defense)
@@ -74,14 +71,9 @@ def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Pa
         seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
                                    extra_loss=defense.training_loss)
         test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
-        meta = {"base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
-                "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp))
+        save_checkpoint(path, model, {
+            "base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
+            "test_accuracy": test_acc, "train_seconds": round(seconds, 2)})
         log.info("%s + %s: test accuracy %.4f after %.1fs", name, type(defense).__name__,
                  test_acc, seconds)
     return path

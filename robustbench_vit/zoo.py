@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 
 from . import finetune
-from .cache import atomic_path, cache_dir, file_lock
+from .cache import cache_dir, file_lock, save_checkpoint
 from .cells import ModelConfig, stable_hash
 from .models import SOURCES, ModelSource, NormalizedModel, create_timm_backbone, split_source
 from .params import to_plain
@@ -149,8 +148,6 @@ def ensure_trained(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Train recipe `name` unless its checkpoint is cached; returns the checkpoint path."""
-    from safetensors.torch import save_file
-
     recipe: Recipe = ZOO.get(name)
     path = checkpoint_path(name, recipe)
     if path.is_file():
@@ -172,15 +169,10 @@ def ensure_trained(
         finetune.finalize(model)
         test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
         log.info("zoo recipe %s: test accuracy %.4f after %.1fs", name, test_acc, seconds)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
-        meta = {"recipe": name, "hash": recipe.recipe_hash(), "settings": to_plain(recipe),
-                "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
-                "device": str(device), "torch": torch.__version__,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2))
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp))
+        save_checkpoint(path, model.backbone, {
+            "recipe": name, "hash": recipe.recipe_hash(), "settings": to_plain(recipe),
+            "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
+            "device": str(device), "torch": torch.__version__})
         if test_acc < recipe.min_accuracy:
             log.warning("zoo recipe %s reached %.4f, below its target %.2f", name, test_acc,
                         recipe.min_accuracy)
