@@ -35,7 +35,12 @@ def evaluate(
     suite: SuiteArg,
     results: ResultsOpt = Path("results"),
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    backend: Annotated[str | None, typer.Option(help="Runner backend (default: the suite's).")] = None,
+    backend: Annotated[str | None,
+                       typer.Option(help="Runner: local | ray (default: the suite's).")] = None,
+    address: Annotated[str | None,
+                       typer.Option(help="Ray cluster address (default: a local cluster).")] = None,
+    num_cpus: Annotated[float | None, typer.Option(help="CPUs per cell task (ray).")] = None,
+    num_gpus: Annotated[float | None, typer.Option(help="GPUs per cell task (ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a suite (finished cells are skipped), then print its leaderboard."""
@@ -46,7 +51,9 @@ def evaluate(
     try:
         loaded = load_suite(suite)
         with RichProgress(err, disable=quiet) as progress:
-            summary = run_suite(loaded, results, device=device, backend=backend, progress=progress)
+            summary = run_suite(loaded, results, device=device, backend=backend, progress=progress,
+                                runner_options={"address": address, "num_cpus": num_cpus,
+                                                "num_gpus": num_gpus})
     except RbvError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
@@ -105,6 +112,108 @@ def _print_leaderboard(results: Path, suite: str | None, fmt: str) -> None:
         err.print("no results yet")
         return
     sys.stdout.write(lb.to_text(wide, fmt) + "\n")
+
+
+@app.command("export-html")
+def export_html(
+    suite_name: Annotated[str | None, typer.Argument(
+        metavar="SUITE_NAME", help="Suite to export (default: the only stored one).")] = None,
+    results: ResultsOpt = Path("results"),
+    suite: Annotated[str | None, typer.Option(help="Suite to export (same as SUITE_NAME).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="HTML file to write (default: <results>/leaderboard.html).")] = None,
+) -> None:
+    """Write the leaderboard as one self-contained HTML file (tables, plots, provenance)."""
+    from .html_report import export_html as write_html
+
+    if suite_name and suite and suite_name != suite:
+        err.print(f"error: SUITE_NAME {suite_name!r} and --suite {suite!r} disagree")
+        raise typer.Exit(2)
+    if not (results / "rbv.sqlite").is_file():
+        err.print(f"error: no results database in {results} (run `rbv evaluate` first)")
+        raise typer.Exit(2)
+    try:
+        path = write_html(results, suite_name or suite, output or results / "leaderboard.html")
+    except RbvError as exc:
+        raise fail(exc) from None
+    out.print(f"wrote {path}", highlight=False, markup=False)
+
+
+BaselinesOpt = Annotated[Path, typer.Option("--baselines", help="Folder of baseline CSV files.")]
+baseline_app = typer.Typer(no_args_is_help=True, help="Baselines that baseline gates compare to.")
+app.add_typer(baseline_app, name="baseline")
+
+
+@app.command()
+def gate(
+    suite: SuiteArg,
+    results: ResultsOpt = Path("results"),
+    baselines: BaselinesOpt = Path("results/baselines"),
+    evaluate: Annotated[bool | None, typer.Option(
+        "--evaluate/--no-evaluate", help="Run missing cells first (default: the suite's "
+        "`gates.evaluate`).")] = None,
+) -> None:
+    """Check the suite's gates; pytest-like lines, exit 1 when one fails."""
+    import time
+
+    from .gates import run_gates
+    from .progress import RichProgress
+    from .spec import load_suite
+
+    start = time.perf_counter()
+    try:
+        loaded = load_suite(suite)
+        if not loaded.gates.checks:
+            err.print(f"error: {suite}: the suite has no gates")
+            raise typer.Exit(2)
+        with RichProgress(err) as progress:
+            report = run_gates(loaded, results, baselines, evaluate=evaluate, progress=progress)
+    except RbvError as exc:
+        raise fail(exc) from None
+    for outcome in report.outcomes:
+        word = "[green]PASSED[/]" if outcome.passed else "[bold red]FAILED[/]"
+        out.print(f"{escape(str(suite))}::{escape(outcome.id)} {word}  {escape(outcome.message)}",
+                  highlight=False)
+    if report.missing_cells:
+        err.print(f"note: {report.missing_cells} of the suite's cells have no stored result "
+                  "(`rbv evaluate` or --evaluate runs them)", highlight=False)
+    failed, passed = len(report.failed), len(report.outcomes) - len(report.failed)
+    summary = ", ".join(x for x in (f"{failed} failed" if failed else "",
+                                    f"{passed} passed" if passed else "") if x)
+    colour = "red" if failed else "green"
+    out.print(f"[{colour}]{'=' * 10} {summary} in {time.perf_counter() - start:.2f}s "
+              f"{'=' * 10}[/]", highlight=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+@baseline_app.command("save")
+def baseline_save(
+    suite: SuiteArg,
+    results: ResultsOpt = Path("results"),
+    baselines: BaselinesOpt = Path("results/baselines"),
+) -> None:
+    """Write results/baselines/<suite>.csv from the stored results of the suite's current cells."""
+    from .gates import missing_cells, save_baseline, suite_table
+    from .spec import load_suite
+    from .store import ResultStore
+
+    try:
+        loaded = load_suite(suite)
+        if not (results / "rbv.sqlite").is_file():
+            err.print(f"error: no results database in {results} (run `rbv evaluate` first)")
+            raise typer.Exit(2)
+        with ResultStore(results) as store:
+            frame = store.frame(loaded.name)
+        missing = missing_cells(loaded, frame)
+        if missing:
+            err.print(f"error: {missing} of the suite's cells have no stored result; run "
+                      f"`rbv evaluate {suite}` first so the baseline is complete")
+            raise typer.Exit(2)
+        path = save_baseline(loaded, suite_table(loaded, frame), baselines)
+    except RbvError as exc:
+        raise fail(exc) from None
+    out.print(f"baseline of {loaded.name} (version {loaded.version}) written to {path}",
+              highlight=False, markup=False)
 
 
 @app.command("ls")

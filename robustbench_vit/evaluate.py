@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import time
 import traceback
 from collections import OrderedDict
@@ -11,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .api import Defense
 from .cells import Cell, ModelConfig, stable_hash
@@ -39,6 +41,12 @@ class CellResult:
     error: str | None = None
     seconds: float = 0.0
     device: str = "cpu"
+    partial: Any = None
+    """A chunk's sufficient statistics (see Scenario.partial); None for a whole cell."""
+
+
+Span = tuple[int, int]
+"""[start, stop) positions of a chunk in a cell's evaluated slice (batch-aligned)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,8 +64,14 @@ def device_label(device: torch.device) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) for one cell."""
+    """Seed every random source (torch CPU and CUDA, numpy, python) for one cell.
+
+    The seed comes from the cell key, so a cell's numbers do not depend on which cells ran
+    before it in the same process (local runner, or a reused Ray worker).
+    """
     torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 _MODEL_CACHE: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
@@ -116,11 +130,13 @@ class CellData:
     heldout: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
-def build_data(cell: Cell, model: nn.Module) -> CellData:
-    """The cell's deterministic data slice, preprocessed for `model`."""
+def build_data(cell: Cell, model: nn.Module, span: Span | None = None) -> CellData:
+    """The cell's deterministic data slice (positions `span` of it), preprocessed for `model`."""
     source = validate_params(DATASETS.get(cell.data.dataset), cell.data.params)
     full = source.load(getattr(model, "data_config", None))
     dataset = subset(full, cell.data.n_examples, cell.seed)
+    if span is not None:
+        dataset = Subset(dataset, range(span[0], min(span[1], len(dataset))))
 
     def heldout(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = heldout_indices(len(full), cell.data.n_examples, cell.seed, n) or list(range(n))
@@ -131,17 +147,27 @@ def build_data(cell: Cell, model: nn.Module) -> CellData:
     return CellData(loader=loader, num_classes=source.num_classes(), heldout=heldout)
 
 
-def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> CellResult:
-    """Run one cell. Never raises for a failing scenario: returns status "error" with the traceback."""
+def build_scenario(cell: Cell) -> Any:
+    """The cell's scenario object, validated from its parameters."""
+    scenario = scenario_class(cell.scenario_kind, cell.scenario_params.get("name"))
+    return scenario.from_params(cell.scenario_params)
+
+
+def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
+                  span: Span | None = None) -> CellResult:
+    """Run one cell (or, with `span`, one chunk of it: the result carries `partial` statistics).
+
+    Never raises for a failing scenario: returns status "error" with the traceback.
+    """
     load_plugins()
     start = time.perf_counter()
     device = resolve_device(cell.device)
+    partial = None
     try:
         seed_everything(int(cell.key[:8], 16))
         model, defense = build_defended(cell, device)
-        data = build_data(cell, model)
-        scenario = scenario_class(cell.scenario_kind, cell.scenario_params.get("name"))
-        scenario = scenario.from_params(cell.scenario_params)
+        data = build_data(cell, model, span)
+        scenario = build_scenario(cell)
         ctx = CellContext(model=model, loader=data.loader, device=device, seed=cell.seed,
                           num_classes=data.num_classes, amp=cell.amp,
                           defense_differentiable=type(defense).differentiable,
@@ -151,8 +177,12 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> C
                           data_key=stable_hash([asdict(cell.data), cell.seed]),
                           model_key=stable_hash([cell.model.source, cell.model.fingerprint,
                                                  cell.defense, cell.defense_params]),
-                          attack_model=defense.attack_view(model), defense=defense)
-        measurements = scenario.run(ctx)
+                          attack_model=defense.attack_view(model), defense=defense,
+                          first_batch=span[0] // cell.data.batch_size if span else 0)
+        if span is None:
+            measurements = scenario.run(ctx)
+        else:
+            measurements, partial = [], scenario.partial(ctx)
         status, error = "ok", None
     except ScenarioNotApplicable as exc:
         measurements, status, error = [], "skipped", str(exc)
@@ -161,7 +191,8 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None) -> C
         measurements, status = [], "error"
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     return CellResult(cell_key=cell.key, status=status, measurements=measurements, error=error,
-                      seconds=time.perf_counter() - start, device=device_label(device))
+                      seconds=time.perf_counter() - start, device=device_label(device),
+                      partial=partial)
 
 
 def cell_size(cell: Cell) -> int:

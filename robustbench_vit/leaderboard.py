@@ -61,6 +61,9 @@ def defense_labels(table: pd.DataFrame) -> pd.Series:
 DETAIL_KEYS = {"permutation", "draw"}
 """Params of per-draw rows: kept in the long table, summarized by aggregates in the headline pivot."""
 
+FLAG = "flag"
+"""Params key of a caveat on a row (e.g. a non-differentiable defense): shown, never a column."""
+
 
 def column_labels(table: pd.DataFrame) -> pd.Series:
     """"scenario [varying params] metric" per row: params shown only where they vary in a scenario.
@@ -68,7 +71,7 @@ def column_labels(table: pd.DataFrame) -> pd.Series:
     Defense parameters label rows (see `defense_labels`), never columns.
     """
     params = table["params"].map(
-        lambda text: {k: v for k, v in json.loads(text).items() if k != DEFENSE_PARAMS})
+        lambda text: {k: v for k, v in json.loads(text).items() if k not in (DEFENSE_PARAMS, FLAG)})
     labels = []
     varying: dict[str, list[str]] = {}
     for scenario, group in params.groupby(table["scenario"]):
@@ -81,15 +84,42 @@ def column_labels(table: pd.DataFrame) -> pd.Series:
     return pd.Series(labels, index=table.index)
 
 
-def pivot(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
-    """Rows model/defense, columns "scenario [params] metric", values; suite order preserved."""
-    if table.empty:
-        return pd.DataFrame()
+def labelled(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
+    """The rows a pivot shows, with `column` ("scenario [params] metric") and `defense` labels."""
     if headline_only:
         headline = {m for m in METRICS.names() if METRICS.get(m).headline}
         detail = table["params"].map(lambda text: bool(DETAIL_KEYS & set(json.loads(text))))
         table = table[table["metric"].isin(headline) & ~detail]
     table = table.assign(column=column_labels(table), defense=defense_labels(table))
+    return table.iloc[_column_order(table)]
+
+
+def _column_order(table: pd.DataFrame) -> list[int]:
+    """Row positions so columns come scenario by scenario (first appearance), sweep values in
+    increasing order within a scenario — whatever order the cells finished in (e.g. on Ray)."""
+    first = {s: i for i, s in reversed(list(enumerate(table["scenario"])))}
+
+    def key(i: int) -> tuple[Any, ...]:
+        params = json.loads(table["params"].iat[i])
+        values = tuple(_sortable(params[k]) for k in sorted(params) if k not in (DEFENSE_PARAMS, FLAG))
+        return first[table["scenario"].iat[i]], values, i
+
+    return sorted(range(len(table)), key=key)
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    if isinstance(value, bool) or value is None:
+        return (1, str(value))
+    if isinstance(value, (int, float)):
+        return (0, value)
+    return (1, json.dumps(value, sort_keys=True))
+
+
+def pivot(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
+    """Rows model/defense, columns "scenario [params] metric", values; suite order preserved."""
+    if table.empty:
+        return pd.DataFrame()
+    table = labelled(table, headline_only)
     wide = table.pivot_table(index=["model", "defense"], columns="column", values="value",
                              aggfunc="last", sort=False)
     wide.columns.name = None

@@ -85,7 +85,11 @@ def proportion(metric: str, successes: int, n: int, **extra: Any) -> Measurement
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE: |accuracy - confidence| averaged over equal-width confidence bins, weighted by size."""
     conf, pred = probs.max(1)
-    correct = (pred == labels).float()
+    return calibration_error(conf, (pred == labels).float(), bins)
+
+
+def calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE from per-image top-1 confidences and 0/1 correctness (mergeable: concatenate them)."""
     edges = torch.linspace(0, 1, bins + 1)
     ece = torch.zeros(())
     for lo, hi in zip(edges[:-1], edges[1:]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from .cells import Cell, canonical_json
 from .models import split_source
@@ -16,7 +17,9 @@ from .suite import Suite
 log = logging.getLogger(__name__)
 
 RUNNERS: Registry[type] = Registry("runner backend")
+"""Runner classes by backend name; each is built with the suite's `runner:` section."""
 RUNNERS.register("local", LocalRunner)
+RUNNERS.register_lazy("ray", "robustbench_vit.runners.ray:RayRunner")  # imports ray lazily
 
 
 def prepare(cells: list[Cell]) -> None:
@@ -49,11 +52,16 @@ def run_suite(
     *,
     device: str | None = None,
     backend: str | None = None,
+    runner_options: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Evaluate every unfinished cell of `suite`; results are committed cell by cell."""
+    """Evaluate every unfinished cell of `suite`; results are committed cell by cell.
+
+    `runner_options` override fields of the suite's `runner:` section (None values are ignored).
+    """
     cells = suite.cells(device)
-    runner: Runner = RUNNERS.get(backend or suite.runner.get("backend", "local"))()
+    options = {**suite.runner, **{k: v for k, v in (runner_options or {}).items() if v is not None}}
+    runner: Runner = RUNNERS.get(backend or options.get("backend", "local"))(options)
     with ResultStore(results_dir) as store:
         prepare(store.pending(cells))
         return runner.run(cells, store, progress or NullProgress())

@@ -42,5 +42,9 @@ def suite_json_schema() -> dict[str, Any]:
     load_plugins()
     schema = SuiteSpec.model_json_schema()
     schema["properties"]["scenarios"]["items"] = {"anyOf": scenario_schemas()}
+    gates = schema["properties"]["gates"]  # a list of checks, or the mapping with options
+    schema["properties"]["gates"] = {"anyOf": [
+        {"type": "array", "items": {"$ref": "#/$defs/GateSpec"}}, {k: v for k, v in gates.items()
+                                                                  if k != "default"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

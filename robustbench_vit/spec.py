@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ._yaml import read_yaml
 from .errors import SuiteError
@@ -66,13 +66,30 @@ class ScenarioSpec(BaseModel):
 
 
 class RunnerSpec(_Strict):
-    """`runner:`: where the cells run."""
+    """`runner:`: where the cells run (`local`, or `ray` with per-cell resources)."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = None
+    """Ray cluster address (`auto`, `ray://host:10001`, `host:6379`); none starts a local cluster."""
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    """CPUs each cell task declares (also its torch thread count)."""
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    """GPUs each cell task declares (fractions share a GPU)."""
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    """Times a task whose worker died is retried."""
+    chunk_size: Annotated[int, Field(gt=0)] | None = None
+    """Split cells of mergeable scenarios into tasks of this many images (rounded up to batches)."""
+    cache_dir: str | None = None
+    """$RBV_CACHE for the workers (a folder on shared storage for a multi-node cluster)."""
 
 
 class GateSpec(_Strict):
-    """One entry of `gates:`: a metric of a cell pattern that must stay inside [min, max]."""
+    """One gate: a metric of the rows matching a pattern must stay inside [min, max], and/or
+    not regress from the suite's baseline file by more than its confidence intervals allow.
+
+    `model`, `defense` and `scenario` are shell-style patterns (`attack:*`); `params` must be a
+    subset of a row's parameters (fractions such as 4/255 allowed). Each matching row is checked.
+    """
 
     model: str
     defense: str = "none"
@@ -81,6 +98,35 @@ class GateSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     min: Real | None = None
     max: Real | None = None
+    baseline: bool = False
+    """Compare to results/baselines/<suite>.csv: fail when worse beyond the confidence margin."""
+    tolerance: Annotated[Real, Field(ge=0)] = 0.0
+    """Extra absolute slack added to the statistical margin of a baseline gate."""
+
+
+class GatesSpec(_Strict):
+    """`gates:` — a list of gates, or a mapping with options and the list under `checks:`."""
+
+    evaluate: bool = False
+    """Run the suite's missing cells before checking (rbv gate, pytest plugin)."""
+    confidence: Annotated[Real, Field(gt=0, lt=1)] = 0.95
+    """Confidence level of the baseline gates' statistical margin."""
+    checks: list[GateSpec] = Field(default_factory=list)
+
+    _list_form: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_list(cls, value: Any, handler: Any) -> Any:
+        if not isinstance(value, list):
+            return handler(value)
+        gates = handler({"checks": value})
+        gates._list_form = True
+        return gates
+
+    def where(self, index: int) -> str:
+        """The field path of check `index`, as the user wrote it."""
+        return f"gates[{index}]" if self._list_form else f"gates.checks[{index}]"
 
 
 class SuiteSpec(_Strict):
@@ -95,7 +141,7 @@ class SuiteSpec(_Strict):
     models: Annotated[list[ModelSpec], Field(min_length=1)]
     scenarios: Annotated[list[ScenarioSpec], Field(min_length=1)]
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
-    gates: list[GateSpec] = Field(default_factory=list)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
 
     @field_validator("models")
     @classmethod
@@ -189,15 +235,28 @@ def load_suite(path: str | Path) -> Any:
     try:
         spec = SuiteSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise SuiteError(str(path), _stage_one_problems(exc)) from None
+        raise SuiteError(str(path), _stage_one_problems(exc, raw)) from None
     return build_suite(spec, path)
 
 
-def _stage_one_problems(exc: pydantic.ValidationError) -> list[tuple[str, str]]:
-    sections = {"models": ModelSpec, "runner": RunnerSpec, "gates": GateSpec}
+def _stage_one_problems(exc: pydantic.ValidationError, raw: Any) -> list[tuple[str, str]]:
+    sections = {"models": ModelSpec, "runner": RunnerSpec, "gates": GatesSpec}
 
     def known(loc: list[Any]) -> list[str]:
+        if len(loc) > 3 and loc[:2] == ["gates", "checks"]:
+            return list(GateSpec.model_fields)
         model = sections.get(str(loc[0])) if len(loc) > 1 else SuiteSpec
         return list(model.model_fields) if model else []
 
-    return error_problems(exc.errors(), "", known)
+    errors = exc.errors()
+    list_form = isinstance(raw, dict) and isinstance(raw.get("gates"), list)
+    for error in errors:  # a plain list under `gates:` is `checks`: report gates[i], not gates.checks[i]
+        loc = list(error["loc"])
+        if list_form and loc[:2] == ["gates", "checks"] and len(loc) > 2:
+            error["loc"] = ("gates", *loc[2:])
+    return error_problems(errors, "", lambda loc: known(_gate_loc(loc)))
+
+
+def _gate_loc(loc: list[Any]) -> list[Any]:
+    return ["gates", "checks", *loc[1:]] if loc[:1] == ["gates"] and len(loc) > 1 \
+        and isinstance(loc[1], int) else loc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import sqlite3
 import time
@@ -20,7 +22,7 @@ from .metrics import Measurement
 COLUMNS = [
     "run_id", "suite", "suite_version", "cell_key", "model", "defense", "scenario", "params",
     "metric", "value", "n", "ci_low", "ci_high", "seconds", "status", "error", "seed",
-    "created_at", "rbv_version", "torch_version", "device",
+    "created_at", "rbv_version", "torch_version", "device", "timm_version",
 ]
 
 _TYPES = {"value": "REAL", "ci_low": "REAL", "ci_high": "REAL", "seconds": "REAL",
@@ -42,6 +44,12 @@ def rbv_version() -> str:
     return __version__
 
 
+@functools.cache
+def timm_version() -> str:
+    """The installed timm version (read from package metadata: no import)."""
+    return importlib.metadata.version("timm")
+
+
 class ResultStore:
     """Rows of finished cells in `<results>/rbv.sqlite`; the driver process is the only writer."""
 
@@ -53,6 +61,7 @@ class ResultStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.run_id = uuid.uuid4().hex[:12]
 
     def close(self) -> None:
@@ -64,6 +73,14 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a database written by an older version: add the columns it lacks (NULL)."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+        for column in COLUMNS:
+            if column not in have:
+                self._conn.execute(
+                    f"ALTER TABLE results ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}")
 
     def done_keys(self) -> set[str]:
         """Keys of cells finished with status ok or skipped (errored cells are retried)."""
@@ -98,7 +115,7 @@ class ResultStore:
             "status": result.status, "error": result.error, "seed": cell.seed,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "rbv_version": rbv_version(), "torch_version": torch.__version__,
-            "device": result.device,
+            "device": result.device, "timm_version": timm_version(),
         }
         if not result.measurements:
             return [{**base, "params": canonical_json(cell.row_params), "metric": None,

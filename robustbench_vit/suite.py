@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from .params import ParamError, field_names, to_plain, validate_params
 from .plugins import load_plugins
 from .registry import DATASETS, DEFENSES, METRICS, SCENARIOS
 from .scenarios.base import scenario_class
-from .spec import GateSpec, SuiteSpec, error_problems
+from .spec import GatesSpec, SuiteSpec, error_problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +53,7 @@ class Suite:
     defenses: dict[str, tuple[DefenseConfig, ...]]
     scenarios: tuple[ScenarioConfig, ...]
     runner: dict[str, Any]
-    gates: tuple[GateSpec, ...]
+    gates: GatesSpec
     path: str
 
     def cells(self, device: str | None = None) -> list[Cell]:
@@ -110,7 +111,7 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
         raise SuiteError(str(path), problems.items)
     return Suite(name=spec.suite, version=spec.version, seed=spec.seed, device=spec.device,
                  amp=spec.amp, data=data, model_data=model_data, models=tuple(models), defenses=defenses,
-                 scenarios=scenarios, runner=spec.runner.model_dump(), gates=tuple(spec.gates),
+                 scenarios=scenarios, runner=spec.runner.model_dump(), gates=spec.gates,
                  path=str(path))
 
 
@@ -239,13 +240,17 @@ def _scenario_fields(cls: Any, raw: dict[str, Any]) -> list[str]:
 
 
 def _check_gates(spec: SuiteSpec, problems: _Problems) -> None:
-    names = {m.name for m in spec.models}
-    for i, gate in enumerate(spec.gates):
+    names = [m.name for m in spec.models]
+    for i, gate in enumerate(spec.gates.checks):
+        where = spec.gates.where(i)
         if gate.metric not in METRICS:
             close = METRICS.suggest(gate.metric)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.add(f"gates[{i}].metric", f"unknown metric {gate.metric!r}{hint}")
-        if gate.model not in names:
-            problems.add(f"gates[{i}].model", f"no model named {gate.model!r} in this suite")
-        if gate.min is None and gate.max is None:
-            problems.add(f"gates[{i}]", "a gate needs `min:` or `max:`")
+            problems.add(f"{where}.metric", f"unknown metric {gate.metric!r}{hint}")
+        if not fnmatch.filter(names, gate.model):
+            problems.add(f"{where}.model", f"no model of this suite matches {gate.model!r} "
+                         f"(models: {', '.join(names)})")
+        if gate.min is None and gate.max is None and not gate.baseline:
+            problems.add(where, "a gate needs `min:`, `max:` or `baseline: true`")
+        if gate.min is not None and gate.max is not None and gate.min > gate.max:
+            problems.add(where, f"min {gate.min} is above max {gate.max}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,25 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
+
+TRAIN_THREADS = 2
+"""Intra-op threads while training on the CPU. Fixed, because the thread count changes the order of
+floating-point reductions and so the trained weights: with it, a recipe gives the same checkpoint
+whatever OMP_NUM_THREADS, the machine's core count or a Ray task's CPUs are (on one CPU type)."""
+
+
+@contextmanager
+def training_threads(device: torch.device) -> Iterator[None]:
+    """Run the block with TRAIN_THREADS intra-op threads (CPU training only), then restore."""
+    if device.type != "cpu":
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +76,13 @@ def train_classifier(
     Only parameters with requires_grad train (fine-tuning schemes freeze the rest).
     `extra_loss(model, x, y, logits)` adds a term (a defense's regularizer) when it returns one.
     """
+    with training_threads(torch.device(device)):
+        return _train(model, train_set, cfg, device, on_epoch, teacher, extra_loss)
+
+
+def _train(model: nn.Module, train_set: Dataset, cfg: TrainConfig, device: torch.device,
+           on_epoch: Callable[[int, float], None] | None, teacher: nn.Module | None,
+           extra_loss: Callable[..., torch.Tensor | None] | None) -> float:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,

@@ -141,6 +141,19 @@ def test_pivot_rows_and_varying_param_columns(rows: pd.DataFrame) -> None:
                     "attack:pgd eps=3/255 robust_accuracy"] == pytest.approx(0.44)
 
 
+def test_sweep_columns_are_in_increasing_order_whatever_the_commit_order(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "r") as store:  # as a parallel runner may commit them
+        for eps in (8 / 255, 1 / 255, 4 / 255):
+            c = cell("vit", "attack:pgd", {"eps": eps, "steps": 10})
+            store.commit(c, pgd(c, 50))
+        c = cell("vit", "clean", {"ece_bins": 15})
+        store.commit(c, clean(c, 90))
+        frame = store.frame()
+    assert list(lb.pivot(lb.long_table(frame)).columns) == [
+        "attack:pgd eps=1/255 robust_accuracy", "attack:pgd eps=4/255 robust_accuracy",
+        "attack:pgd eps=8/255 robust_accuracy", "clean accuracy"]
+
+
 def test_pivot_with_all_metrics(rows: pd.DataFrame) -> None:
     wide = lb.pivot(lb.long_table(rows), headline_only=False)
     assert "clean ece" in wide.columns

@@ -155,9 +155,18 @@ BAD = [
     Bad("gate-unknown-metric", BASE + GATE.replace("metric: accuracy", "metric: acuracy"),
         "gates[0].metric", "did you mean 'accuracy'"),
     Bad("gate-without-bounds", BASE + GATE.replace(", min: 0.5", ""),
-        "gates[0]", "needs `min:` or `max:`"),
+        "gates[0]", "needs `min:`, `max:` or `baseline: true`"),
+    Bad("gate-min-above-max", BASE + GATE.replace("min: 0.5", "min: 0.5, max: 0.4"),
+        "gates[0]", "min 0.5 is above max 0.4"),
+    Bad("gate-mapping-unknown-key", BASE + "gates: {evaluate: true, checks: "
+        "[{model: m, scenario: clean, metric: accuracy, mni: 0.5}]}\n",
+        "gates.checks[0].mni", "did you mean 'min'"),
+    Bad("gate-list-unknown-key", BASE + GATE.replace("min: 0.5", "mni: 0.5"),
+        "gates[0].mni", "did you mean 'min'"),
+    Bad("gates-unknown-option", BASE + "gates: {evalute: true, checks: []}\n",
+        "gates.evalute", "did you mean 'evaluate'"),
     Bad("gate-unknown-model", BASE + GATE.replace("model: m", "model: vit"),
-        "gates[0].model", "no model named 'vit'"),
+        "gates[0].model", "no model of this suite matches 'vit'"),
     Bad("bad-device", BASE + "device: gpu\n", "device", "expected auto, cpu, cuda, cuda:N or mps"),
     Bad("bad-suite-name", edit("suite: t", "suite: my suite"), "suite", "a name of letters"),
     Bad("missing-suite-name", edit("suite: t\n", ""), "suite", "required field is missing"),
@@ -288,7 +297,7 @@ def test_fractions_parse_wherever_a_float_is_expected(tmp_path: Path) -> None:
     assert (pgd["eps"], pgd["alpha"]) == (8 / 255, 1 / 255)
     assert [p["eps"] for p in suite.scenarios[2].points] == [1 / 255, 0.5, 2 / 255]
     assert all(isinstance(p["eps"], float) for p in suite.scenarios[2].points)
-    assert (suite.gates[0].min, suite.gates[0].max) == (0.9, 1.0)
+    assert (suite.gates.checks[0].min, suite.gates.checks[0].max) == (0.9, 1.0)
 
 
 # --- include: ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import pandas as pd
 import pytest
+import timm
 import torch
 
 from robustbench_vit.cells import Cell, DataConfig, ModelConfig
@@ -77,6 +78,22 @@ def raw_rows(path: Path, query: str, args: tuple[object, ...] = ()) -> list[tupl
 
 # --- unit level ---------------------------------------------------------------------------------
 
+def test_older_database_gains_missing_columns(results_dir: Path) -> None:
+    results_dir.mkdir(parents=True)
+    old = [c for c in COLUMNS if c != "timm_version"]
+    conn = sqlite3.connect(results_dir / "rbv.sqlite")
+    conn.execute(f"CREATE TABLE results (id INTEGER PRIMARY KEY, {', '.join(old)})")
+    conn.execute("INSERT INTO results (suite, status) VALUES ('old', 'ok')")
+    conn.commit()
+    conn.close()
+    with ResultStore(results_dir) as store:
+        cell = make_cell()
+        store.commit(cell, ok_result(cell))
+        df = store.frame()
+    assert list(df.columns) == COLUMNS
+    assert df["timm_version"].isna().iloc[0] and df["timm_version"].iloc[-1] == timm.__version__
+
+
 def test_commit_writes_one_typed_row_per_measurement(store: ResultStore) -> None:
     cell = make_cell()
     store.commit(cell, ok_result(cell))
@@ -93,6 +110,7 @@ def test_commit_writes_one_typed_row_per_measurement(store: ResultStore) -> None
     assert row["seconds"] == pytest.approx(1.5)
     assert row["run_id"] == store.run_id
     assert row["torch_version"] == torch.__version__
+    assert row["timm_version"] == timm.__version__
     assert row["rbv_version"] and re.match(r"\d{4}-\d\d-\d\dT", row["created_at"])
     assert json.loads(row["params"]) == {"eps": 8 / 255, "steps": 0}
     extra = df[df["metric"] == "attack_success_rate"].iloc[0]

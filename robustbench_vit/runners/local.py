@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from ..cells import Cell
 from ..evaluate import cell_size, evaluate_cell
@@ -12,6 +14,9 @@ from .base import Progress, RunSummary
 
 class LocalRunner:
     """Evaluates cells one after another in this process; commits each before the next starts."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.options = dict(options or {})  # nothing to configure; accepted like every runner
 
     def run(self, cells: list[Cell], store: ResultStore, progress: Progress) -> RunSummary:
         start = time.perf_counter()

@@ -100,7 +100,13 @@ class AttackScenario(Scenario):
         eot = {"eot": self.eot} if self.eot != 1 else {}
         return {"name": self.name, **to_plain(self.attack), **eot}
 
+    chunkable: ClassVar[bool] = True  # attacks draw randomness from the seed of each batch
+
     def run(self, ctx: CellContext) -> list[Measurement]:
+        return self.merge([self.partial(ctx)])
+
+    def partial(self, ctx: CellContext) -> dict[str, Any]:
+        """Counts over the images of `ctx.loader`; batch i of the cell attacks with seed + i."""
         if ctx.num_classes < type(self.attack).min_classes:
             raise ScenarioNotApplicable(f"{self.name} needs at least {type(self.attack).min_classes} "
                                         f"classes; this task has {ctx.num_classes}")
@@ -111,18 +117,29 @@ class AttackScenario(Scenario):
         surrogate = ctx.attack_model if self.attack.needs_gradients else None
         view = surrogate if surrogate is not None else ctx.model
         view = EOTModel(view, self.eot) if self.eot > 1 else view
-        for i, (x, y) in enumerate(ctx.batches()):
+        for i, (x, y) in enumerate(ctx.batches(), start=ctx.first_batch):
             clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i,
                                                     stats, attack_model=view)
             n += len(y)
             n_correct += int(clean_correct.sum())
             n_robust += int(robust.sum())
+        flag = (self.attack.needs_gradients and not ctx.defense_differentiable
+                and ctx.attack_model is None)
+        return {"n": n, "correct": n_correct, "robust": n_robust, "stats": stats, "flag": flag}
+
+    def merge(self, parts: list[dict[str, Any]]) -> list[Measurement]:
+        n, n_correct, n_robust = (sum(p[k] for p in parts) for k in ("n", "correct", "robust"))
+        stats: dict[str, list[int]] = {}
+        for part in parts:
+            for metric, (hits, total) in part["stats"].items():
+                counts = stats.setdefault(metric, [0, 0])
+                counts[0], counts[1] = counts[0] + hits, counts[1] + total
         measured = {
             "robust_accuracy": (n_robust, n),
             "attack_success_rate": (n_correct - n_robust, n_correct),
             **{metric: (hits, total) for metric, (hits, total) in stats.items()},
         }
         rows = [proportion(metric, hits, total) for metric, (hits, total) in measured.items()]
-        if self.attack.needs_gradients and not ctx.defense_differentiable and ctx.attack_model is None:
+        if any(p["flag"] for p in parts):
             rows = [replace(r, extra={**r.extra, "flag": NOT_DIFFERENTIABLE}) for r in rows]
         return rows

@@ -39,6 +39,8 @@ class CellContext:
     """The cell's defense object (scenarios such as `certify` need its parameters)."""
     attack_model: nn.Module | None = None
     """A differentiable view for gradient attacks when the defended model is not (set by defenses)."""
+    first_batch: int = 0
+    """Index, in the whole cell, of the loader's first batch (non-zero for a chunk of a cell)."""
 
     def reference(self, name: str) -> nn.Module:
         """The model a scenario field refers to (e.g. a DTA source), loaded, frozen, in eval mode."""
@@ -74,6 +76,12 @@ class Scenario:
 
     kind: ClassVar[str]
     needs_gradients: ClassVar[bool] = False
+    chunkable: ClassVar[bool] = False
+    """True when `merge` of `partial`s over batch-aligned slices gives exactly `run`'s rows.
+
+    A chunkable scenario draws its randomness per batch from `ctx.seed` and the batch's index in
+    the whole cell (`ctx.first_batch + i`), never from state carried over from earlier batches.
+    """
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Scenario:
@@ -87,6 +95,14 @@ class Scenario:
     def run(self, ctx: CellContext) -> list[Measurement]:
         """Evaluate and return measurements."""
         raise NotImplementedError
+
+    def partial(self, ctx: CellContext) -> Any:
+        """Sufficient statistics of the images in `ctx.loader` (chunkable scenarios only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be split into chunks")
+
+    def merge(self, parts: list[Any]) -> list[Measurement]:
+        """Measurements from the `partial`s of consecutive chunks, in image order."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be split into chunks")
 
 
 def scenario_class(kind: str, name: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from ..metrics import Measurement, expected_calibration_error, proportion
+from ..metrics import Measurement, calibration_error, proportion
 from ..registry import SCENARIOS
 from .base import CellContext, Scenario
 
@@ -21,15 +21,25 @@ class CleanScenario(Scenario):
     kind: ClassVar[str] = "clean"
     ece_bins: Annotated[int, Field(ge=1)] = 15
 
-    @torch.no_grad()
+    chunkable: ClassVar[bool] = True
+
     def run(self, ctx: CellContext) -> list[Measurement]:
-        probs, labels = [], []
+        return self.merge([self.partial(ctx)])
+
+    @torch.no_grad()
+    def partial(self, ctx: CellContext) -> dict[str, torch.Tensor]:
+        """Top-1 confidence and correctness of every image."""
+        conf, correct = [], []
         for x, y in ctx.batches():
             with ctx.autocast():
-                probs.append(ctx.model(x).float().softmax(1).cpu())
-            labels.append(y.cpu())
-        p, y = torch.cat(probs), torch.cat(labels)
-        correct = int((p.argmax(1) == y).sum())
-        ece = expected_calibration_error(p, y, self.ece_bins)
-        return [proportion("accuracy", correct, len(y)),
-                Measurement(metric="ece", value=ece, n=len(y))]
+                top, pred = ctx.model(x).float().softmax(1).max(1)
+            conf.append(top.cpu())
+            correct.append((pred == y).float().cpu())
+        return {"conf": torch.cat(conf), "correct": torch.cat(correct)}
+
+    def merge(self, parts: list[dict[str, torch.Tensor]]) -> list[Measurement]:
+        conf = torch.cat([p["conf"] for p in parts])
+        correct = torch.cat([p["correct"] for p in parts])
+        ece = calibration_error(conf, correct, self.ece_bins)
+        return [proportion("accuracy", int(correct.sum()), len(correct)),
+                Measurement(metric="ece", value=ece, n=len(correct))]

@@ -1,0 +1,280 @@
+"""Gates: threshold and baseline checks, `rbv gate`, `rbv baseline save`, and the pytest plugin.
+
+Unit tests drive `check_gates` with hand-made long tables; the end-to-end tests evaluate a tiny
+suite (random-init ViT on synthetic images, no training) and run the real console script and a real
+pytest subprocess on the suite file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from robustbench_vit.gates import baseline_margin, check_gates
+from robustbench_vit.spec import GatesSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def row(value: float, *, model: str = "vit", defense: str = "none", scenario: str = "clean",
+        metric: str = "accuracy", n: int | None = 100, **params: Any) -> dict[str, Any]:
+    return {"suite": "s", "model": model, "defense": defense, "scenario": scenario,
+            "params": json.dumps(params, sort_keys=True, separators=(",", ":")), "metric": metric,
+            "value": value, "n": n, "ci_low": None, "ci_high": None}
+
+
+def table(*rows: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
+
+
+def suite_with(*checks: dict[str, Any], confidence: float = 0.95) -> Any:
+    return SimpleNamespace(gates=GatesSpec.model_validate(
+        {"confidence": confidence, "checks": list(checks)}))
+
+
+GATE = {"model": "vit", "scenario": "clean", "metric": "accuracy"}
+
+
+@pytest.mark.parametrize(("bounds", "value", "passed"), [
+    ({"min": 0.9}, 0.95, True), ({"min": 0.9}, 0.85, False), ({"min": 0.9}, 0.9, True),
+    ({"max": 0.2}, 0.1, True), ({"max": 0.2}, 0.3, False),
+    ({"min": 0.1, "max": 0.2}, 0.25, False), ({"min": 0.1, "max": 0.2}, 0.15, True),
+])
+def test_threshold_gate(bounds: dict[str, float], value: float, passed: bool) -> None:
+    [outcome] = check_gates(suite_with({**GATE, **bounds}), table(row(value)))
+    assert outcome.passed is passed
+    assert outcome.value == value
+    assert outcome.id == "vit/none/clean/accuracy"
+
+
+def test_a_gate_that_matches_nothing_fails() -> None:
+    [outcome] = check_gates(suite_with({**GATE, "min": 0.0}), table(row(0.5, model="other")))
+    assert not outcome.passed
+    assert "no stored result" in outcome.message
+
+
+def test_patterns_and_fraction_params_select_rows() -> None:
+    rows = table(row(0.8, scenario="attack:pgd", metric="robust_accuracy", eps=2 / 255),
+                 row(0.4, scenario="attack:pgd", metric="robust_accuracy", eps=8 / 255),
+                 row(0.7, scenario="attack:fgsm", metric="robust_accuracy", eps=2 / 255),
+                 row(0.9, scenario="clean"))
+    every = check_gates(suite_with({"model": "v*", "scenario": "attack:*",
+                                    "metric": "robust_accuracy", "min": 0.5}), rows)
+    assert [o.passed for o in every] == [True, False, True]
+    assert every[1].id == "vit/none/attack:pgd[eps=8/255]/robust_accuracy"
+    [one] = check_gates(suite_with({"model": "vit", "scenario": "attack:pgd", "params": {
+        "eps": "2/255"}, "metric": "robust_accuracy", "min": 0.5}), rows)
+    assert one.value == 0.8
+
+
+def test_defense_pattern_matches_name_or_label() -> None:
+    rows = table(row(0.6, defense="temperature_scaling", defense_params={"temperature": 2.0}),
+                 row(0.9))
+    by_name = check_gates(suite_with({**GATE, "defense": "temperature_scaling", "min": 0}), rows)
+    assert [o.value for o in by_name] == [0.6]
+    assert by_name[0].id == "vit/temperature_scaling(temperature=2)/clean/accuracy"
+    by_label = check_gates(suite_with({**GATE, "defense": "*(temperature=2)", "min": 0}), rows)
+    assert [o.value for o in by_label] == [0.6]
+
+
+def baseline_of(*rows: dict[str, Any]) -> pd.DataFrame:
+    return table(*rows).assign(suite_version=1)
+
+
+@pytest.mark.parametrize(("now", "passed"), [
+    (0.90, True),   # unchanged
+    (0.86, True),   # 4 points down on n=200: inside the 95 % interval of the difference
+    (0.80, False),  # 10 points down: outside
+    (0.99, True),   # improvements never fail a baseline gate
+])
+def test_baseline_gate_tolerates_noise_but_not_a_regression(now: float, passed: bool) -> None:
+    base = baseline_of(row(0.90, n=200))
+    [outcome] = check_gates(suite_with({**GATE, "baseline": True}), table(row(now, n=200)), base)
+    assert outcome.passed is passed, outcome.message
+
+
+def test_baseline_margin_is_the_two_proportion_interval() -> None:
+    current, old = pd.Series(row(0.9, n=200)), pd.Series(row(0.9, n=200))
+    margin = baseline_margin(current, old, 1.959964)
+    p = (0.9 * 200 + 1) / 202
+    assert margin == pytest.approx(1.959964 * (2 * p * (1 - p) / 202) ** 0.5)
+    # more images, tighter margin; a perfect score still has a width
+    assert baseline_margin(pd.Series(row(0.9, n=2000)), pd.Series(row(0.9, n=2000)), 1.96) < margin
+    assert baseline_margin(pd.Series(row(1.0, n=100)), pd.Series(row(1.0, n=100)), 1.96) > 0.01
+
+
+def test_baseline_gate_respects_lower_is_better_metrics() -> None:
+    gate = {"model": "vit", "scenario": "corruption", "metric": "mce", "baseline": True}
+    base = baseline_of(row(60.0, scenario="corruption", metric="mce", n=None))
+    worse = check_gates(suite_with(gate), table(row(61.0, scenario="corruption", metric="mce",
+                                                    n=None)), base)
+    better = check_gates(suite_with(gate), table(row(59.0, scenario="corruption", metric="mce",
+                                                     n=None)), base)
+    assert [worse[0].passed, better[0].passed] == [False, True]
+    tolerant = check_gates(suite_with({**gate, "tolerance": 2.0}),
+                           table(row(61.0, scenario="corruption", metric="mce", n=None)), base)
+    assert tolerant[0].passed
+
+
+def test_baseline_gate_fails_without_a_baseline_row() -> None:
+    [no_file] = check_gates(suite_with({**GATE, "baseline": True}), table(row(0.9)), None)
+    assert not no_file.passed and "rbv baseline save" in no_file.message
+    other = baseline_of(row(0.9, model="other"))
+    [no_row] = check_gates(suite_with({**GATE, "baseline": True}), table(row(0.9)), other)
+    assert not no_row.passed and "no baseline value" in no_row.message
+
+
+def test_two_gates_on_one_row_get_distinct_ids() -> None:
+    outcomes = check_gates(suite_with({**GATE, "min": 0.5}, {**GATE, "baseline": True}),
+                           table(row(0.9)), baseline_of(row(0.9)))
+    assert [o.id for o in outcomes] == ["vit/none/clean/accuracy@min",
+                                        "vit/none/clean/accuracy@baseline"]
+
+
+# --- end to end: the console script and pytest on real files ---------------------------------
+
+TINY = """\
+suite: gated
+device: cpu
+data: {dataset: synthetic, size: 32, image_size: 32, batch_size: 16}
+models:
+  - name: vit
+    source: timm:vit_tiny_patch16_224
+    kwargs: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, num_classes: 10}
+scenarios:
+  - {kind: clean}
+  - {kind: attack, name: pgd, steps: 2, sweep: {eps: [1/255, 8/255]}}
+gates:
+  evaluate: true
+  checks:
+    - {model: vit, scenario: clean, metric: accuracy, min: 0.0, baseline: true}
+    - {model: vit, scenario: "attack:pgd", metric: robust_accuracy, baseline: true}
+"""
+FAILING = "    - {model: vit, scenario: clean, metric: accuracy, min: 0.99}\n"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory, rbv_bin: str) -> Path:
+    """A folder with the suite evaluated (results/) and its baseline saved (results/baselines/)."""
+    folder = tmp_path_factory.mktemp("gated")
+    (folder / "gated.yaml").write_text(TINY)
+    proc = run(rbv_bin, "evaluate", "gated.yaml", "-q", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    proc = run(rbv_bin, "baseline", "save", "gated.yaml", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert (folder / "results" / "baselines" / "gated.csv").is_file()
+    return folder
+
+
+def test_gate_passes_against_its_own_baseline(gated: Path, rbv_bin: str) -> None:
+    proc = run(rbv_bin, "gate", "gated.yaml", cwd=gated)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("PASSED") == 3  # clean + pgd at two eps
+    assert "gated.yaml::vit/none/attack:pgd[eps=8/255]/robust_accuracy PASSED" in proc.stdout
+    assert "3 passed" in proc.stdout
+
+
+def test_gate_that_should_fail_exits_1(gated: Path, rbv_bin: str) -> None:
+    (gated / "failing.yaml").write_text(TINY + FAILING)
+    proc = run(rbv_bin, "gate", "failing.yaml", "--no-evaluate", cwd=gated)
+    assert proc.returncode == 1
+    assert "vit/none/clean/accuracy@min FAILED" in proc.stdout
+    assert "< min 0.9900" in proc.stdout
+    assert "1 failed, 3 passed" in proc.stdout
+
+
+def test_baseline_gate_fails_when_a_number_regresses_beyond_its_interval(
+        gated: Path, rbv_bin: str, tmp_path: Path) -> None:
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    frame = pd.read_csv(gated / "results" / "baselines" / "gated.csv", dtype={"params": str})
+    pgd = (frame["scenario"] == "attack:pgd") & (frame["metric"] == "robust_accuracy")
+    inside = frame.copy()
+    inside.loc[pgd, "value"] += 0.05  # now 5 points below the baseline, n=32: chance
+    inside.to_csv(baselines / "gated.csv", index=False)
+    proc = run(rbv_bin, "gate", "gated.yaml", "--baselines", str(baselines), cwd=gated)
+    assert proc.returncode == 0, proc.stdout
+    outside = frame.copy()
+    outside.loc[pgd, "value"] += 0.5  # 50 points below: a regression
+    outside.to_csv(baselines / "gated.csv", index=False)
+    proc = run(rbv_bin, "gate", "gated.yaml", "--baselines", str(baselines), cwd=gated)
+    assert proc.returncode == 1
+    assert proc.stdout.count("FAILED") == 2 and "vs baseline" in proc.stdout
+
+
+def test_gate_on_an_unevaluated_suite_fails_without_creating_results(
+        rbv_bin: str, tmp_path: Path) -> None:
+    (tmp_path / "gated.yaml").write_text(TINY)
+    proc = run(rbv_bin, "gate", "gated.yaml", "--no-evaluate", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.count("FAILED") == 2 and "no stored result" in proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_baseline_save_refuses_an_incomplete_run(rbv_bin: str, tmp_path: Path) -> None:
+    (tmp_path / "gated.yaml").write_text(TINY)
+    proc = run(rbv_bin, "baseline", "save", "gated.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "no results database" in proc.stderr
+
+
+def test_gate_of_a_bad_suite_exits_2(rbv_bin: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(TINY.replace("metric: accuracy", "metric: acuracy"))
+    proc = run(rbv_bin, "gate", "bad.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "gates.checks[0].metric" in proc.stderr and "did you mean 'accuracy'" in proc.stderr
+
+
+def test_pytest_collects_each_gate_as_an_item(gated: Path) -> None:
+    (gated / "failing.yaml").write_text(TINY + FAILING)
+    proc = run(sys.executable, "-m", "pytest", "failing.yaml", "-v", "-p", "no:cacheprovider",
+               "--rootdir", str(gated), "--rbv-results", "results", cwd=gated)
+    assert proc.returncode == 1, proc.stdout
+    assert "failing.yaml::vit/none/clean/accuracy@min+baseline PASSED" in proc.stdout
+    assert "failing.yaml::vit/none/attack:pgd[eps=1/255]/robust_accuracy PASSED" in proc.stdout
+    assert "failing.yaml::vit/none/clean/accuracy@min FAILED" in proc.stdout
+    assert "gate failed" in proc.stdout and "1 failed, 3 passed" in proc.stdout
+
+
+def test_pytest_passes_a_passing_suite(gated: Path) -> None:
+    proc = run(sys.executable, "-m", "pytest", "gated.yaml", "-q", "-p", "no:cacheprovider",
+               "--rootdir", str(gated), cwd=gated)
+    assert proc.returncode == 0, proc.stdout
+    assert "3 passed" in proc.stdout
+
+
+def test_pytest_reports_a_bad_suite_as_a_collection_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(TINY.replace("min: 0.0", "min: high"))
+    proc = run(sys.executable, "-m", "pytest", "bad.yaml", "-q", "-p", "no:cacheprovider",
+               "--rootdir", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout
+    assert "gates.checks[0].min" in proc.stdout
+
+
+def test_ordinary_test_runs_do_not_collect_suites(tmp_path: Path) -> None:
+    (tmp_path / "gated.yaml").write_text(TINY)
+    (tmp_path / "test_nothing.py").write_text("def test_ok():\n    pass\n")
+    proc = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--rootdir", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_regression_suite_has_a_committed_baseline_for_every_baseline_gate() -> None:
+    from robustbench_vit.gates import load_baseline
+    from robustbench_vit.spec import load_suite
+
+    suite = load_suite(REPO / "suites" / "regression.yaml")
+    assert suite.gates.evaluate and any(g.baseline for g in suite.gates.checks)
+    baseline = load_baseline(suite, REPO / "results" / "baselines")
+    assert baseline is not None and len(baseline) > 0
