@@ -24,7 +24,8 @@ class _APGD(Attack):
     n_restarts: Annotated[int, Field(ge=1)] = 1
     rho: Annotated[float, Field(gt=0, lt=1)] = 0.75
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
         return run_torchattack(torchattacks.APGD, model, x, y, seed, norm=self.norm, eps=self.eps,

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @register_attack("autoattack")
 @dataclass(frozen=True, kw_only=True)
 class AutoAttack(Attack):
-    """AutoAttack standard: APGD-CE, APGD-T (9 targets), FAB-T, Square (5000 queries); worst case per image."""
+    """AutoAttack standard: APGD-CE, APGD-T (9 targets), FAB-T, Square 5000; worst per image."""
 
     min_classes: ClassVar[int] = 4  # targeted DLR uses the 4th-largest logit
     norm: Norm = "Linf"
@@ -33,7 +33,8 @@ class AutoAttack(Attack):
         return Original(model, norm=self.norm, eps=self.eps, version=self.version, seed=seed,
                         device=device)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
         runner = self.build(model, x.device, seed)

@@ -22,7 +22,8 @@ class FGSM(Attack):
 
     eps: Annotated[float, Field(ge=0, le=1)] = 8 / 255
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
         return run_torchattack(torchattacks.FGSM, model, x, y, seed, eps=self.eps)

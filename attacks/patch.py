@@ -24,7 +24,7 @@ from robustbench_vit.api import patch_size as token_patch_size
 @register_attack("patch")
 @dataclass(frozen=True, kw_only=True)
 class PatchAttack(Attack):
-    """Adversarial patch: replace one token-aligned square, signed steps, early stop; fooling rate per position."""
+    """Adversarial patch: a token-aligned square replaced, signed steps, early stop per position."""
 
     needs_gradients: ClassVar[bool] = True
     patch_size: Annotated[int, Field(ge=1)] = 8
@@ -44,7 +44,8 @@ class PatchAttack(Attack):
         if name not in CORRUPTIONS:
             close = CORRUPTIONS.suggest(name)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ParamError("content", f"unknown corruption {name!r}{hint} (see `rbv ls corruptions`)")
+            raise ParamError("content", f"unknown corruption {name!r}{hint} "
+                                        "(see `rbv ls corruptions`)")
 
     def threat_model(self) -> None:
         return None
@@ -59,7 +60,8 @@ class PatchAttack(Attack):
         return [(r, c) for r in range(0, h - self.patch_size + 1, self.patch_size)
                 for c in range(0, w - self.patch_size + 1, self.patch_size)]
 
-    def chosen_positions(self, model: nn.Module, x: torch.Tensor, seed: int) -> list[tuple[int, int]]:
+    def chosen_positions(self, model: nn.Module, x: torch.Tensor,
+                         seed: int) -> list[tuple[int, int]]:
         """All grid positions, or `n_positions` of them drawn with `seed`."""
         grid = self.grid(model, x)
         if self.positions == "all" or self.n_positions >= len(grid):
@@ -74,7 +76,8 @@ class PatchAttack(Attack):
             masks[i, :, r:r + self.patch_size, c:c + self.patch_size] = 1
         return masks
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         return self.perturb_with_stats(model, x, y, seed=seed)[0]
 
     def perturb_with_stats(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -123,13 +126,15 @@ class PatchAttack(Attack):
 
         name = self.content.split(":", 1)[1]
         # each image corrupted once; every position pastes its own square of that one image
-        corrupted = corrupt_batch(x, name, self.severity, seed).repeat_interleave(len(xs) // len(x), 0)
+        corrupted = corrupt_batch(x, name, self.severity, seed).repeat_interleave(
+            len(xs) // len(x), 0)
         adv = xs * (1 - ms) + corrupted * ms
         return adv, _margins(model, adv, labels)
 
 
 @torch.no_grad()
-def _margins(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+def _margins(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+             chunk: int = 512) -> torch.Tensor:
     """logit[label] − max other logit per row (negative = fooled)."""
     out = []
     for i in range(0, len(x), chunk):

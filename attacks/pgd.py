@@ -1,4 +1,5 @@
-"""PGD (Madry et al. 2018): projected gradient descent on the cross-entropy, L∞ or L2, random start."""
+"""PGD (Madry et al. 2018): projected gradient descent on the cross-entropy, L∞ or L2, random
+start."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ._common import run_torchattack
 @register_attack("pgd")
 @dataclass(frozen=True, kw_only=True)
 class PGD(Attack):
-    """PGD: `steps` projected gradient steps (L∞ or L2) from a random start; alpha defaults to 2.5·eps/steps."""
+    """PGD: `steps` projected steps (L∞ or L2) from a random start; alpha = 2.5·eps/steps."""
 
     norm: Norm = "Linf"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
@@ -30,7 +31,8 @@ class PGD(Attack):
         """alpha, or Madry et al.'s 2.5·eps/steps when unset."""
         return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
         cls = torchattacks.PGD if self.norm == "Linf" else torchattacks.PGDL2

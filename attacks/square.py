@@ -27,7 +27,8 @@ class Square(Attack):
     p_init: Annotated[float, Field(gt=0, le=1)] = 0.8
     n_restarts: Annotated[int, Field(ge=1)] = 1
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
         with torch.no_grad():

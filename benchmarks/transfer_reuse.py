@@ -1,8 +1,9 @@
-"""Compressed-transfer scenario: crafted examples reused per source vs re-crafted per (source, target).
+"""Compressed transfer: crafted examples reused per source vs re-crafted per (source, target).
 
-Runs the same `transfer:compressed` cell twice in one process — `reuse: true` (craft once per source,
-evaluate on every target) and `reuse: false` (craft again for every pair) — with the disk cache off for
-both, and prints the wall times and their ratio. Target: speed-up >= 0.8 x number of targets.
+Runs the same `transfer:compressed` cell twice in one process — `reuse: true` (craft once per
+source, evaluate on every target) and `reuse: false` (craft again for every pair) — with the disk
+cache off for both, and prints the wall times and their ratio. Target: speed-up >= 0.8 x number of
+targets.
 
     .venv/bin/python benchmarks/transfer_reuse.py [--n 200] [--repeats 3]
 """

@@ -1,4 +1,5 @@
-"""Derandomized smoothing of a ViT against patches: column or block ablations vote (Salman et al. 2022).
+"""Derandomized smoothing of a ViT against patches: column or block ablations vote
+(Salman et al. 2022).
 
 Every ablation keeps a band of `size` columns (or a `size`×`size` block), wrapping around the image,
 and zeroes the other pixels in [0,1] space. The smoothed model returns the votes of all ablation
@@ -44,7 +45,8 @@ def ablation_masks(
     width: int,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Retained-pixel masks (A, H, W) as floats: 1 inside the (wrapping) band or block, 0 outside."""
+    """Retained-pixel masks (A, H, W) as floats: 1 inside the (wrapping) band or block, 0
+    outside."""
     offsets = torch.arange(size, device=device)
     masks = torch.zeros(len(positions), height, width, device=device)
     for i, (r, c) in enumerate(positions):
@@ -182,7 +184,8 @@ class SmoothedViT(nn.Module):
         return vit.head(vit.head_drop(vit.fc_norm(pooled)))
 
     def _fast_embed_ok(self) -> bool:
-        """Whether the patch embedding is a plain stride-p convolution (then `_embed_kept` applies)."""
+        """Whether the patch embedding is a plain stride-p convolution (then `_embed_kept`
+        applies)."""
         embed = self.backbone.patch_embed
         proj = getattr(embed, "proj", None)
         return (
@@ -254,7 +257,7 @@ def _patch_size(backbone: nn.Module) -> int:
 @register_defense("smoothing")
 @dataclass(frozen=True, kw_only=True)
 class SmoothingDefense(Defense):
-    """Derandomized column/block smoothing: ablations vote; certifies against patches (`certify`)."""
+    """Derandomized column/block smoothing: ablations vote; certifies against patches."""
 
     differentiable: ClassVar[bool] = False
     ablation: Ablation = "column"

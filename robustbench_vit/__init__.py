@@ -1,4 +1,5 @@
-"""robustbench_vit: robustness and adversarial-evaluation benchmark suite for Vision Transformers."""
+"""robustbench_vit: robustness and adversarial-evaluation benchmark suite for Vision
+Transformers."""
 
 from __future__ import annotations
 

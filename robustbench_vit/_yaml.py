@@ -34,7 +34,8 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SuiteError(str(path), [("", f"expected a mapping at the top, got {type(data).__name__}")])
+        raise SuiteError(str(path),
+                         [("", f"expected a mapping at the top, got {type(data).__name__}")])
     includes = data.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]

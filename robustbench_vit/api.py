@@ -41,7 +41,8 @@ class Attack:
         norm, eps = getattr(self, "norm", "Linf"), getattr(self, "eps", None)
         return None if eps is None else (norm, float(eps))
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
         """Adversarial versions of `x` (same shape, in [0,1]); deterministic for `seed`."""
         raise NotImplementedError
 

@@ -52,7 +52,8 @@ def _weights(model: ModelConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class Cell:
-    """Plain, picklable description of one evaluation; `key` hashes everything that sets its numbers."""
+    """Plain, picklable description of one evaluation; `key` hashes everything that sets its
+    numbers."""
 
     suite: str
     suite_version: int

@@ -1,4 +1,5 @@
-"""The `rbv` command line: thin commands that delegate to the library. Exit 0 ok, 1 failures, 2 bad input."""
+"""The `rbv` command line: thin commands that delegate to the library.
+Exit 0 ok, 1 failures, 2 bad input."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def validate(suite: SuiteArg) -> None:
 def leaderboard(
     results: ResultsOpt = Path("results"),
     suite: Annotated[str | None, typer.Option(help="Only this suite.")] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json | markdown")] = "table",
+    format: Annotated[str, typer.Option("--format", "-f",
+                                        help="table | csv | json | markdown")] = "table",
 ) -> None:
     """Print the leaderboard of stored results."""
     if format not in ("table", "csv", "json", "markdown"):

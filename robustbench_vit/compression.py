@@ -1,8 +1,8 @@
 """Compressed copies of a model: int8 dynamic quantization and global magnitude pruning.
 
 Each compression gives two models: `target`, what is deployed and evaluated, and `surrogate`, a
-differentiable stand-in to craft white-box attacks on (int8 is attacked through weight and activation
-fake-quantization with a straight-through gradient; a pruned model is its own surrogate).
+differentiable stand-in to craft white-box attacks on (int8 is attacked through weight and
+activation fake-quantization with a straight-through gradient; a pruned model is its own surrogate).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def parse_target(name: str) -> tuple[str, int | None]:
 
 
 def compress(model: nn.Module, name: str) -> Compressed:
-    """The compression `name` ("int8", "prune30", ...) of `model` (a deep copy; `model` is unchanged)."""
+    """The compression `name` ("int8", "prune30", ...) of `model` (a deep copy; `model` is
+    unchanged)."""
     kind, amount = parse_target(name)
     return COMPRESSIONS.get(kind)(model, amount)
 
@@ -55,7 +56,8 @@ def fake_quant_ste(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmi
 
 
 class FakeQuantLinear(nn.Module):
-    """A Linear computing like dynamic int8 quantization: int8 weights, per-batch uint8 activations."""
+    """A Linear computing like dynamic int8 quantization: int8 weights, per-batch uint8
+    activations."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()

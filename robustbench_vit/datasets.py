@@ -71,7 +71,8 @@ def digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.expand(-1, 3, -1, -1).contiguous(), torch.tensor(bunch.target, dtype=torch.long)
 
 
-def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(y: torch.Tensor, test_fraction: float,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, test indices): the same fraction of each class in test, fixed by `seed`."""
     gen = torch.Generator().manual_seed(seed)
     train, test = [], []
@@ -126,7 +127,7 @@ def eval_transform(data_config: dict[str, Any] | None, native_size: int | None =
 @DATASETS.register("imagefolder")
 @dataclass(frozen=True, kw_only=True)
 class ImageFolderData(DatasetSource):
-    """A folder of class sub-folders (ImageNet-val layout), preprocessed by the model's data config."""
+    """A folder of class sub-folders (ImageNet-val layout), preprocessed per the model."""
 
     root: str
     split: str | None = None
@@ -172,7 +173,8 @@ class Cifar10(DatasetSource):
             return CIFAR10(str(Path(self.root).expanduser()), train=self.split == "train",
                            download=self.download, transform=eval_transform(data_config, 32))
         except RuntimeError as exc:
-            raise DataError(f"cifar10 at {self.root}: {exc} (set download: true to fetch it)") from None
+            raise DataError(f"cifar10 at {self.root}: {exc} "
+                            "(set download: true to fetch it)") from None
 
 
 @runtime_checkable
@@ -309,7 +311,8 @@ class ImageNetC(DatasetSource):
 
 
 def subset_indices(total: int, n_examples: int | None, seed: int) -> list[int]:
-    """Sorted indices of a deterministic subset of `n_examples` of `total` items, chosen by `seed`."""
+    """Sorted indices of a deterministic subset of `n_examples` of `total` items, chosen by
+    `seed`."""
     if n_examples is None or n_examples >= total:
         return list(range(total))
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Training defenses in the zoo: a base recipe's model fine-tuned with a defense, cached by content hash."""
+"""Training defenses in the zoo: a base recipe's model fine-tuned with a defense, cached by content
+hash."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def _recipe_name(base: ModelConfig, defense: Any) -> str:
     prefix, name = split_source(base.source)
     if prefix != "zoo":
         raise ModelLoadError(
-            f"{type(defense).__name__} is a training defense: the zoo fine-tunes the base model with "
-            f"it, so the model must be a zoo: recipe (got {base.source})")
+            f"{type(defense).__name__} is a training defense: the zoo fine-tunes the base model "
+            f"with it, so the model must be a zoo: recipe (got {base.source})")
     return name
 
 

@@ -48,4 +48,5 @@ class DataError(RbvError):
 
 
 class ScenarioNotApplicable(RbvError):
-    """Raised by a scenario that does not apply to a model or defense; the cell is stored as skipped."""
+    """Raised by a scenario that does not apply to a model or defense; the cell is stored as
+    skipped."""

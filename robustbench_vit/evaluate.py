@@ -166,6 +166,8 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
     try:
         seed_everything(int(cell.key[:8], 16))
         model, defense = build_defended(cell, device)
+        model.eval()  # every cell starts in eval mode, whatever an earlier cell left behind
+        view = defense.attack_view(model)
         data = build_data(cell, model, span)
         scenario = build_scenario(cell)
         ctx = CellContext(model=model, loader=data.loader, device=device, seed=cell.seed,
@@ -177,7 +179,8 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
                           data_key=stable_hash([asdict(cell.data), cell.seed]),
                           model_key=stable_hash([cell.model.source, cell.model.fingerprint,
                                                  cell.defense, cell.defense_params]),
-                          attack_model=defense.attack_view(model), defense=defense,
+                          attack_model=view.eval() if view is not None else None,
+                          defense=defense,
                           first_batch=span[0] // cell.data.batch_size if span else 0)
         if span is None:
             measurements = scenario.run(ctx)
@@ -196,7 +199,8 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
 
 
 def cell_size(cell: Cell) -> int:
-    """Number of images a cell evaluates (for progress bars), without loading the data when possible."""
+    """Number of images a cell evaluates (for progress bars), without loading the data when
+    possible."""
     if cell.data.n_examples:
         return cell.data.n_examples
     try:

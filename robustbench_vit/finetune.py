@@ -1,4 +1,5 @@
-"""Fine-tuning schemes for zoo recipes built on another recipe: full, linear probe, LoRA, last blocks.
+"""Fine-tuning schemes for zoo recipes built on another recipe: full, linear probe, LoRA, last
+blocks.
 
 Each scheme prepares a backbone (freezes, adds adapters) before training and finalizes it after
 (LoRA merges its adapters), so every checkpoint is a plain state dict of the timm architecture.
@@ -48,7 +49,8 @@ def prepare_linear(model: nn.Module, **_: int) -> None:
 
 @SCHEMES.register("last_blocks")
 def prepare_last_blocks(model: nn.Module, last_blocks: int = 1, **_: int) -> None:
-    """Parameter-efficient: the last `last_blocks` encoder blocks, the final norm and the head train."""
+    """Parameter-efficient: the last `last_blocks` encoder blocks, the final norm and the head
+    train."""
     backbone = backbone_of(model)
     keep = [*list(backbone.blocks)[-last_blocks:], _head(model)]
     if isinstance(getattr(backbone, "norm", None), nn.Module):
@@ -57,7 +59,8 @@ def prepare_last_blocks(model: nn.Module, last_blocks: int = 1, **_: int) -> Non
 
 
 class LoRALinear(nn.Module):
-    """y = W x + (alpha / r) · B A x with W frozen, A Kaiming-initialized, B zero (LoRA, Hu et al. 2021)."""
+    """y = W x + (alpha / r) · B A x with W frozen, A Kaiming-initialized, B zero
+    (LoRA, Hu et al. 2021)."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
@@ -83,7 +86,8 @@ class LoRALinear(nn.Module):
 
 @SCHEMES.register("lora")
 def prepare_lora(model: nn.Module, lora_rank: int = 4, **_: int) -> None:
-    """LoRA: low-rank adapters on every Linear inside the encoder blocks; adapters and head train."""
+    """LoRA: low-rank adapters on every Linear inside the encoder blocks; adapters and head
+    train."""
     _freeze_all_but(model, [_head(model)])
     for block in backbone_of(model).blocks:
         for parent in list(block.modules()):

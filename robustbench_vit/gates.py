@@ -1,4 +1,5 @@
-"""Gates: turn stored results into pass/fail checks (threshold and baseline), for `rbv gate` and pytest.
+"""Gates: turn stored results into pass/fail checks (threshold and baseline), for `rbv gate` and
+pytest.
 
 A gate selects rows of the suite's long table (stored rows and derived aggregates of the suite's
 current cells) by shell-style patterns on model, defense and scenario, a metric, and a subset of the
@@ -52,7 +53,8 @@ class GateOutcome:
     gate: int
     """Index of the gate in the suite's `gates`."""
     id: str
-    """Readable identity: model/defense/scenario[params]/metric (@checks when two gates share it)."""
+    """Readable identity: model/defense/scenario[params]/metric (@checks when two gates share
+    it)."""
     checks: str
     """What the gate checks: "min", "max", "baseline" joined by "+"."""
     passed: bool
@@ -87,7 +89,7 @@ def matches(gate: GateSpec, table: pd.DataFrame) -> pd.DataFrame:
         and fnmatch.fnmatchcase(str(row.scenario), gate.scenario)
         and fnmatch.fnmatchcase(str(row.metric), gate.metric)
         and _params_match(gate.params, json.loads(row.params))
-        for row, label in zip(table.itertuples(index=False), labels)
+        for row, label in zip(table.itertuples(index=False), labels, strict=False)
     ]
     return table[keep]
 

@@ -26,7 +26,8 @@ AGGREGATE_MODULES: list[str] = ["robustbench_vit.aggregates", "robustbench_vit.a
 
 
 def long_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, model, defense, scenario, params, metric): stored values and aggregates."""
+    """One row per (suite, model, defense, scenario, params, metric): stored values and
+    aggregates."""
     for name in AGGREGATE_MODULES:
         importlib.import_module(name)
     ok = rows[(rows["status"] == "ok") & rows["metric"].notna()]
@@ -51,7 +52,7 @@ def format_value(value: Any) -> str:
 def defense_labels(table: pd.DataFrame) -> pd.Series:
     """"name", or "name(k=v,...)" for a defense with parameters: the defense part of a pivot row."""
     labels = []
-    for defense, text in zip(table["defense"], table["params"]):
+    for defense, text in zip(table["defense"], table["params"], strict=False):
         params = json.loads(text).get(DEFENSE_PARAMS) or {}
         shown = ",".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()))
         labels.append(f"{defense}({shown})" if shown else defense)
@@ -59,7 +60,8 @@ def defense_labels(table: pd.DataFrame) -> pd.Series:
 
 
 DETAIL_KEYS = {"permutation", "draw"}
-"""Params of per-draw rows: kept in the long table, summarized by aggregates in the headline pivot."""
+"""Params of per-draw rows: kept in the long table, summarized by aggregates in the headline
+pivot."""
 
 FLAG = "flag"
 """Params key of a caveat on a row (e.g. a non-differentiable defense): shown, never a column."""
@@ -77,7 +79,7 @@ def column_labels(table: pd.DataFrame) -> pd.Series:
     for scenario, group in params.groupby(table["scenario"]):
         keys = sorted({k for p in group for k in p})
         varying[scenario] = [k for k in keys if len({repr(p.get(k)) for p in group}) > 1]
-    for scenario, p, metric in zip(table["scenario"], params, table["metric"]):
+    for scenario, p, metric in zip(table["scenario"], params, table["metric"], strict=False):
         shown = " ".join(f"{k}={format_value(p[k])}" for k in varying[scenario]
                          if p.get(k) is not None)
         labels.append(" ".join(x for x in (scenario, shown, metric) if x))
@@ -101,7 +103,8 @@ def _column_order(table: pd.DataFrame) -> list[int]:
 
     def key(i: int) -> tuple[Any, ...]:
         params = json.loads(table["params"].iat[i])
-        values = tuple(_sortable(params[k]) for k in sorted(params) if k not in (DEFENSE_PARAMS, FLAG))
+        values = tuple(_sortable(params[k]) for k in sorted(params)
+                       if k not in (DEFENSE_PARAMS, FLAG))
         return first[table["scenario"].iat[i]], values, i
 
     return sorted(range(len(table)), key=key)
@@ -141,8 +144,9 @@ def to_text(wide: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return wide.to_csv(float_format="%.6g")
     header = ["model", "defense", *wide.columns]
-    body = [[str(m), str(d), *(format_cell(c, v) for c, v in zip(wide.columns, values))]
-            for (m, d), values in zip(wide.index, wide.to_numpy())]
+    body = [[str(m), str(d),
+             *(format_cell(c, v) for c, v in zip(wide.columns, values, strict=False))]
+            for (m, d), values in zip(wide.index, wide.to_numpy(), strict=False)]
     if fmt == "markdown":
         esc = [[cell.replace("|", "\\|") for cell in row] for row in [header, *body]]
         lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -152,14 +156,16 @@ def to_text(wide: pd.DataFrame, fmt: str) -> str:
     rows += [[col, *(format_cell(col, v) for v in wide[col])] for col in wide.columns]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=False))).rstrip()
+                     for r in rows)
 
 
 def to_json(table: pd.DataFrame) -> str:
     """The long table as a JSON list of objects (params decoded)."""
     records = []
     for row in table.to_dict(orient="records"):
-        row["params"] = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        row["params"] = (json.loads(row["params"]) if isinstance(row["params"], str)
+                         else row["params"])
         records.append({k: (None if isinstance(v, float) and pd.isna(v) else v)
                         for k, v in row.items()})
     return json.dumps(records, indent=2, default=_json_default)

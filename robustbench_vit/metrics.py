@@ -92,7 +92,7 @@ def calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15)
     """ECE from per-image top-1 confidences and 0/1 correctness (mergeable: concatenate them)."""
     edges = torch.linspace(0, 1, bins + 1)
     ece = torch.zeros(())
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         inside = (conf > lo) & (conf <= hi)
         if inside.any():
             ece += inside.float().mean() * (correct[inside].mean() - conf[inside].mean()).abs()

@@ -1,4 +1,5 @@
-"""Models: `zoo:`, `timm:` and `file:` sources, always wrapped as Normalize ∘ backbone on [0,1] images."""
+"""Models: `zoo:`, `timm:` and `file:` sources, always wrapped as Normalize ∘ backbone on [0,1]
+images."""
 
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def create_timm_backbone(arch: str, kwargs: dict[str, Any], pretrained: bool = F
 @SOURCES.register("timm")
 @dataclass(frozen=True, kw_only=True)
 class TimmSource(ModelSource):
-    """Any timm architecture; weights downloaded only with `pretrained: true` where a hub is reachable."""
+    """Any timm architecture; weights downloaded only with `pretrained: true` where a hub is
+    reachable."""
 
     def problems(self, cfg: ModelConfig, base_dir: Path) -> list[tuple[str, str]]:
         import timm
@@ -166,7 +168,8 @@ class TimmSource(ModelSource):
 @SOURCES.register("file")
 @dataclass(frozen=True, kw_only=True)
 class FileSource(ModelSource):
-    """A local checkpoint (safetensors, or a torch file loaded with weights_only=True) plus `arch:`."""
+    """A local checkpoint (safetensors, or a torch file loaded with weights_only=True) plus
+    `arch:`."""
 
     def problems(self, cfg: ModelConfig, base_dir: Path) -> list[tuple[str, str]]:
         out = []
@@ -213,7 +216,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise ModelLoadError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -1,4 +1,5 @@
-"""Load plugins: the built-in modules and the ``robustbench_vit.plugins`` entry points. Idempotent."""
+"""Load plugins: the built-in modules and the ``robustbench_vit.plugins`` entry points.
+Idempotent."""
 
 from __future__ import annotations
 

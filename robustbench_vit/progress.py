@@ -16,7 +16,8 @@ class RichProgress:
 
     def __init__(self, console: Console, disable: bool = False):
         self._bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), console=console, disable=disable, transient=False)
+                              TimeElapsedColumn(), console=console, disable=disable,
+                              transient=False)
         self._overall: Any = None
         self._cell: Any = None
 

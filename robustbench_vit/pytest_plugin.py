@@ -4,7 +4,8 @@
 
 Each gate check becomes a test item whose id reads model/defense/scenario[params]/metric, so CI
 systems report robustness regressions like test failures. YAML files are collected only when named
-explicitly (or under a directory given with --rbv-suites), so ordinary test runs never evaluate suites.
+explicitly (or under a directory given with --rbv-suites), so ordinary test runs never evaluate
+suites.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Run a suite: expand cells, skip the finished ones, prepare shared inputs, hand the rest to a runner."""
+"""Run a suite: expand cells, skip the finished ones, prepare shared inputs, hand the rest to a
+runner."""
 
 from __future__ import annotations
 

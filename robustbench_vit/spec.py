@@ -54,7 +54,8 @@ class ModelSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     defenses: list[str | dict[str, Any]] = Field(default_factory=lambda: ["none"], min_length=1)
     data: dict[str, Any] = Field(default_factory=dict)
-    """Dataset fields this model is evaluated with instead of the suite's (e.g. a downstream task)."""
+    """Dataset fields this model is evaluated with instead of the suite's (e.g. a downstream
+    task)."""
 
 
 class ScenarioSpec(BaseModel):
@@ -70,7 +71,8 @@ class RunnerSpec(_Strict):
 
     backend: Literal["local", "ray"] = "local"
     address: str | None = None
-    """Ray cluster address (`auto`, `ray://host:10001`, `host:6379`); none starts a local cluster."""
+    """Ray cluster address (`auto`, `ray://host:10001`, `host:6379`); none starts a local
+    cluster."""
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     """CPUs each cell task declares (also its torch thread count)."""
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
@@ -149,7 +151,8 @@ class SuiteSpec(_Strict):
         seen: set[str] = set()
         for model in models:
             if model.name in seen:
-                raise ValueError(f"duplicate model name {model.name!r}: names label leaderboard rows")
+                raise ValueError(
+                    f"duplicate model name {model.name!r}: names label leaderboard rows")
             seen.add(model.name)
         return models
 
@@ -250,7 +253,8 @@ def _stage_one_problems(exc: pydantic.ValidationError, raw: Any) -> list[tuple[s
 
     errors = exc.errors()
     list_form = isinstance(raw, dict) and isinstance(raw.get("gates"), list)
-    for error in errors:  # a plain list under `gates:` is `checks`: report gates[i], not gates.checks[i]
+    # a plain list under `gates:` is `checks`: report gates[i], not gates.checks[i]
+    for error in errors:
         loc = list(error["loc"])
         if list_form and loc[:2] == ["gates", "checks"] and len(loc) > 2:
             error["loc"] = ("gates", *loc[2:])

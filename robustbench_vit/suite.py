@@ -91,7 +91,8 @@ class _Problems:
 
 
 def build_suite(spec: SuiteSpec, path: Path) -> Suite:
-    """Stage two: validate components against the registries; raise SuiteError with every problem."""
+    """Stage two: validate components against the registries; raise SuiteError with every
+    problem."""
     load_plugins()
     problems = _Problems()
     base_dir = path.resolve().parent
@@ -110,9 +111,9 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
     if problems.items:
         raise SuiteError(str(path), problems.items)
     return Suite(name=spec.suite, version=spec.version, seed=spec.seed, device=spec.device,
-                 amp=spec.amp, data=data, model_data=model_data, models=tuple(models), defenses=defenses,
-                 scenarios=scenarios, runner=spec.runner.model_dump(), gates=spec.gates,
-                 path=str(path))
+                 amp=spec.amp, data=data, model_data=model_data, models=tuple(models),
+                 defenses=defenses, scenarios=scenarios, runner=spec.runner.model_dump(),
+                 gates=spec.gates, path=str(path))
 
 
 def _build_data(spec: SuiteSpec, overrides: dict[str, Any], where: str,
@@ -181,7 +182,7 @@ def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems,
     keys = list(sweep)
     points = []
     for values in itertools.product(*(sweep[k] for k in keys)):
-        point = dict(zip(keys, values))
+        point = dict(zip(keys, values, strict=False))
         try:
             points.append(cls.from_params({**raw, **point}).to_params())
         except UnknownNameError as exc:

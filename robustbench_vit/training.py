@@ -1,4 +1,5 @@
-"""Supervised training of a wrapped model: AdamW with a one-cycle schedule, seeded, on tensors or loaders."""
+"""Supervised training of a wrapped model: AdamW with a one-cycle schedule, seeded, on tensors or
+loaders."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ class TrainConfig:
 
 
 def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift each batch by a random offset in [-max_shift, max_shift] (zero fill) — light augmentation."""
+    """Shift each batch by a random offset in [-max_shift, max_shift] (zero fill) — light
+    augmentation."""
     if max_shift <= 0:
         return x
     dx, dy = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
@@ -72,7 +74,8 @@ def train_classifier(
 ) -> float:
     """Train `model` in place; returns wall seconds. `on_epoch(epoch, mean_loss)` reports progress.
 
-    With a `teacher`, the loss is Hinton et al.'s distillation: (1−w)·CE + w·T²·KL(teacher ‖ student).
+    With a `teacher`, the loss is Hinton et al.'s distillation:
+    (1−w)·CE + w·T²·KL(teacher ‖ student).
     Only parameters with requires_grad train (fine-tuning schemes freeze the rest).
     `extra_loss(model, x, y, logits)` adds a term (a defense's regularizer) when it returns one.
     """
@@ -127,7 +130,8 @@ def distillation_loss(logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, dataset: Dataset, device: torch.device,
+             batch_size: int = 256) -> float:
     """Top-1 accuracy of `model` on `dataset`."""
     model.eval()
     correct = total = 0

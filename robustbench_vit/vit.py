@@ -36,7 +36,8 @@ def num_blocks(model: nn.Module) -> int:
 
 @contextmanager
 def capture_block_outputs(model: nn.Module, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Within the block, forward passes fill {layer: output tokens of block `layer`} (with gradients)."""
+    """Within the block, forward passes fill {layer: output tokens of block `layer`} (with
+    gradients)."""
     blocks = backbone_of(model).blocks
     store: dict[int, torch.Tensor] = {}
     handles = []

@@ -1,4 +1,5 @@
-"""The zoo: checkpoints the project trains itself from recipes, cached by recipe hash under $RBV_CACHE."""
+"""The zoo: checkpoints the project trains itself from recipes, cached by recipe hash under
+$RBV_CACHE."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class Recipe:
     distill_weight: float = 0.9
 
     def recipe_hash(self) -> str:
-        """Hash of everything that changes the trained weights (base and teacher hashes included)."""
+        """Hash of everything that changes the trained weights (base and teacher hashes
+        included)."""
         payload = to_plain(self)
         payload.pop("description")
         payload.pop("min_accuracy")
@@ -67,7 +69,8 @@ class Recipe:
         return cls(**{**self.data, **({"split": split} if "split" in fields else {})})
 
     def architecture(self) -> tuple[str, dict[str, Any]]:
-        """(timm name, kwargs); a fine-tuned recipe keeps its base's and sets its own num_classes."""
+        """(timm name, kwargs); a fine-tuned recipe keeps its base's and sets its own
+        num_classes."""
         if not self.base:
             return self.arch, dict(self.arch_kwargs)
         arch, kwargs = ZOO.get(self.base).architecture()
@@ -94,7 +97,8 @@ register_recipe = ZOO.register
 register_recipe(
     "digits_vit",
     Recipe(
-        description="Small timm ViT (32px, patch 8, width 64, depth 4, 4 heads) on the bundled digits",
+        description=("Small timm ViT (32px, patch 8, width 64, depth 4, 4 heads) "
+                     "on the bundled digits"),
         dataset="digits",
         data={"image_size": 32},
         arch="vit_tiny_patch16_224",
@@ -180,7 +184,8 @@ def ensure_trained(
 
 
 def initial_model(recipe: Recipe, device: torch.device) -> NormalizedModel:
-    """Fresh weights, or the base recipe's weights with a new head and the scheme's trainable set."""
+    """Fresh weights, or the base recipe's weights with a new head and the scheme's trainable
+    set."""
     if not recipe.base:
         return recipe.build_untrained().to(device)
     model = load_zoo_model(recipe.base, device)

@@ -27,7 +27,7 @@ N_DIGITS = 1797
 
 
 def all_items(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))  # type: ignore[arg-type]
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=False)  # type: ignore[arg-type]
     return torch.stack(xs), torch.tensor([int(y) for y in ys])
 
 

@@ -214,7 +214,7 @@ def test_json_round_trips(rows: pd.DataFrame) -> None:
     table = lb.long_table(rows)
     records = json.loads(lb.to_json(table))
     assert len(records) == len(table)
-    for record, (_, row) in zip(records, table.iterrows()):
+    for record, (_, row) in zip(records, table.iterrows(), strict=False):
         assert set(record) == set(lb.LONG_COLUMNS)
         assert isinstance(record["params"], dict)
         assert canonical_json(record["params"]) == row["params"]

@@ -183,9 +183,10 @@ def test_retries_are_bounded(cluster: str, tmp_path: Path) -> None:
     assert [c.key for c in ResultStore(tmp_path / "results").pending([cell])] == [cell.key]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_driver_killed_and_rerun_redoes_only_missing_cells(cluster: str, rbv_bin: str,
-                                                            tmp_path: Path) -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_driver_stopped_and_rerun_redoes_only_missing_cells(cluster: str, rbv_bin: str,
+                                                            tmp_path: Path, sig: int) -> None:
     suite = write_suite(tmp_path / "suite.yaml",
                         eps="[1/255, 2/255, 3/255, 4/255, 5/255, 6/255, 8/255]", steps=10)
     n_cells = 9
@@ -201,12 +202,17 @@ def test_driver_killed_and_rerun_redoes_only_missing_cells(cluster: str, rbv_bin
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "no cell was stored within 150 s"
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:  # Ctrl-C: outstanding tasks cancelled, finished cells kept, the usual message, exit 130
+        assert proc.returncode == 130, (tmp_path / "first.log").read_text()
+        assert "interrupted" in (tmp_path / "first.log").read_text()
     stored = stored_rows(db, count)[0][0]
     assert 1 <= stored < n_cells, "the run finished before it could be killed"
     before = stored_rows(db, "SELECT id, cell_key, run_id, value FROM results ORDER BY id")

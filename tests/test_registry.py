@@ -192,7 +192,8 @@ def third_party_plugin(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "rbv_thirdparty", raising=False)
     monkeypatch.setattr(plugins_module, "_loaded", set(plugins_module._loaded))
-    monkeypatch.setattr(plugins_module, "_scanned", False)  # let load_plugins see the new entry point
+    # let load_plugins see the new entry point
+    monkeypatch.setattr(plugins_module, "_scanned", False)
     builtin = list(plugins_module.entry_points(group=ENTRY_POINT_GROUP))
     fake = EntryPoint(name="thirdparty", value=value, group=ENTRY_POINT_GROUP)
     monkeypatch.setattr(plugins_module, "entry_points", lambda group: [*builtin, fake])

@@ -17,7 +17,8 @@ from robustbench_vit.scenarios.certify import (
 )
 
 TRAINED = {"train": True, "epochs": 60, "lr": 3e-3}
-"""Ablation training that certifies a non-trivial fraction of digits at m=5 (cached per content hash)."""
+"""Ablation training that certifies a non-trivial fraction of digits at m=5 (cached per content
+hash)."""
 
 
 def smoothing(**params: object) -> object:
@@ -170,7 +171,8 @@ def test_certify_reports_smoothed_certified_and_base_accuracy(
 
 
 def patched(x: torch.Tensor, content: torch.Tensor, m: int) -> torch.Tensor:
-    """Every m×m patch position of one image (P, C, H, W), the patch set to `content` (P or 1, C, m, m)."""
+    """Every m×m patch position of one image (P, C, H, W), the patch set to `content`
+    (P or 1, C, m, m)."""
     height, width = x.shape[-2:]
     out, n = x.repeat((height - m + 1) * (width - m + 1), 1, 1, 1), 0
     content = content.expand(len(out), -1, -1, -1)

@@ -1,4 +1,5 @@
-"""Transfer scenarios: DTA on fine-tuned models, transfer between compressed models, fine-tuning schemes."""
+"""Transfer scenarios: DTA on fine-tuned models, transfer between compressed models, fine-tuning
+schemes."""
 
 from __future__ import annotations
 
@@ -108,14 +109,15 @@ def test_transfer_matrix_shape_and_white_box_diagonal(compressed_cell, digits_mo
     from robustbench_vit.evaluate import build_data
 
     data = build_data(compressed_cell, digits_model)
-    x, y = (torch.cat(t) for t in zip(*data.loader))
+    x, y = (torch.cat(t) for t in zip(*data.loader, strict=False))
     pgd = ATTACKS.get("pgd")(eps=8 / 255, steps=10)
     adv = torch.cat([pgd.perturb(digits_model, x[i:i + 64], y[i:i + 64], seed=0 + i)
                      for i in range(0, len(x), 64)])
     with torch.no_grad():
         correct = digits_model(x).argmax(1) == y
         fooled = correct & (digits_model(adv).argmax(1) != y)
-    assert pairs[("original", "original")].value == pytest.approx(float(fooled.sum() / correct.sum()))
+    assert pairs[("original", "original")].value == pytest.approx(
+        float(fooled.sum() / correct.sum()))
     # attacks crafted on a compressed model's own surrogate beat random noise on it
     with torch.no_grad():
         noise_fooled = correct & (digits_model(random_noise(x, 8 / 255, 0)).argmax(1) != y)
@@ -178,7 +180,7 @@ def test_bad_compression_target_is_located(tmp_path: Path) -> None:
     assert err.value.problems[0][0] == "scenarios[0].targets"
 
 
-# --- fine-tuning schemes ----------------------------------------------------------------------------
+# --- fine-tuning schemes --------------------------------------------------------------------------
 
 def test_lora_merge_is_exact() -> None:
     torch.manual_seed(0)
@@ -204,7 +206,7 @@ def test_schemes_choose_what_trains(scheme: str) -> None:
     model(torch.rand(1, 3, 32, 32))
 
 
-# --- patch attack -----------------------------------------------------------------------------------
+# --- patch attack ---------------------------------------------------------------------------------
 
 def patch_attack(**kw):
     return ATTACKS.get("patch")(**{"steps": 10, **kw})

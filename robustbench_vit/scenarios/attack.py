@@ -21,18 +21,22 @@ NOT_DIFFERENTIABLE = "defense not differentiable: evaluated with a gradient atta
 
 
 class AttackContractError(RbvError):
-    """An attack returned images outside [0,1] or outside its budget: its numbers cannot be trusted."""
+    """An attack returned images outside [0,1] or outside its budget: its numbers cannot be
+    trusted."""
 
 
 def check_budget(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> None:
-    """Raise AttackContractError unless x_adv is in [0,1], shaped like x and inside the threat model."""
+    """Raise AttackContractError unless x_adv is in [0,1], shaped like x and inside the threat
+    model."""
     name = type(attack).__name__
     if x_adv.shape != x.shape:
-        raise AttackContractError(f"{name} changed the shape {tuple(x.shape)} -> {tuple(x_adv.shape)}")
+        raise AttackContractError(
+            f"{name} changed the shape {tuple(x.shape)} -> {tuple(x_adv.shape)}")
     if not torch.isfinite(x_adv).all():
         raise AttackContractError(f"{name} returned non-finite pixels")
     if x_adv.min() < -BUDGET_TOLERANCE or x_adv.max() > 1 + BUDGET_TOLERANCE:
-        raise AttackContractError(f"{name} left [0,1]: [{float(x_adv.min())}, {float(x_adv.max())}]")
+        raise AttackContractError(
+            f"{name} left [0,1]: [{float(x_adv.min())}, {float(x_adv.max())}]")
     threat = attack.threat_model()
     if threat is None:
         return
@@ -60,7 +64,11 @@ def attack_batch(
     idx = torch.nonzero(clean_correct).flatten()
     if len(idx):
         target = attack_model if attack_model is not None else model
-        adv, own = attack.perturb_with_stats(target, x[idx], y[idx], seed=seed)
+        try:
+            adv, own = attack.perturb_with_stats(target.eval(), x[idx], y[idx], seed=seed)
+        finally:  # attack libraries may leave a wrapper (and so the model) in training mode
+            model.eval()
+            target.eval()
         adv = adv.detach()
         check_budget(attack, x[idx], adv)
         for metric, (hits, total) in own.items():
@@ -75,7 +83,7 @@ def attack_batch(
 @SCENARIOS.register("attack")
 @dataclass(frozen=True, kw_only=True)
 class AttackScenario(Scenario):
-    """Adversarial attack by name (see `rbv ls attacks`): robust accuracy and attack success rate."""
+    """Adversarial attack by name (`rbv ls attacks`): robust accuracy, attack success rate."""
 
     kind: ClassVar[str] = "attack"
     needs_gradients: ClassVar[bool] = True
@@ -108,15 +116,16 @@ class AttackScenario(Scenario):
     def partial(self, ctx: CellContext) -> dict[str, Any]:
         """Counts over the images of `ctx.loader`; batch i of the cell attacks with seed + i."""
         if ctx.num_classes < type(self.attack).min_classes:
-            raise ScenarioNotApplicable(f"{self.name} needs at least {type(self.attack).min_classes} "
-                                        f"classes; this task has {ctx.num_classes}")
+            raise ScenarioNotApplicable(
+                f"{self.name} needs at least {type(self.attack).min_classes} "
+                f"classes; this task has {ctx.num_classes}")
         n = n_correct = n_robust = 0
         stats: dict[str, list[int]] = {}
         # gradient attacks on a non-differentiable defense go through its differentiable view;
         # score-based attacks query the defended model itself
         surrogate = ctx.attack_model if self.attack.needs_gradients else None
         view = surrogate if surrogate is not None else ctx.model
-        view = EOTModel(view, self.eot) if self.eot > 1 else view
+        view = EOTModel(view, self.eot).eval() if self.eot > 1 else view
         for i, (x, y) in enumerate(ctx.batches(), start=ctx.first_batch):
             clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i,
                                                     stats, attack_model=view)

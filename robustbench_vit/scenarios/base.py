@@ -38,12 +38,14 @@ class CellContext:
     defense: Any = None
     """The cell's defense object (scenarios such as `certify` need its parameters)."""
     attack_model: nn.Module | None = None
-    """A differentiable view for gradient attacks when the defended model is not (set by defenses)."""
+    """A differentiable view for gradient attacks when the defended model is not (set by
+    defenses)."""
     first_batch: int = 0
     """Index, in the whole cell, of the loader's first batch (non-zero for a chunk of a cell)."""
 
     def reference(self, name: str) -> nn.Module:
-        """The model a scenario field refers to (e.g. a DTA source), loaded, frozen, in eval mode."""
+        """The model a scenario field refers to (e.g. a DTA source), loaded, frozen, in eval
+        mode."""
         if self.load_model is None or name not in self.references:
             raise ValueError(f"this cell has no model reference {name!r}")
         model = self.load_model(self.references[name])
@@ -114,5 +116,6 @@ def scenario_class(kind: str, name: Any) -> Any:
         if named:
             full = f"{kind}:{name}"
             close = [c.split(":", 1)[1] for c in SCENARIOS.suggest(full)]
-            raise UnknownNameError(f"{kind} scenario", name, close, [n.split(":", 1)[1] for n in named])
+            raise UnknownNameError(f"{kind} scenario", name, close,
+                                   [n.split(":", 1)[1] for n in named])
     return SCENARIOS.get(kind)

@@ -1,10 +1,11 @@
 """`certify`: certified accuracy of a smoothed ViT against an m×m adversarial patch.
 
 An m×m patch meets at most Δ = ceil((m + b − 1)/s) column ablations (Δ² for block ablations,
-which need the patch to overlap in both directions), so it moves at most Δ votes. The scenario counts
-Δ exactly on the wrapping ablation grid (`certificate_delta`): the same number when s divides the
-image size, one more per axis where a stride that does not divide it leaves a short gap at the wrap. An image is
-certified iff the smoothed prediction is the true label and count_top − count_second > 2Δ.
+which need the patch to overlap in both directions), so it moves at most Δ votes. The scenario
+counts Δ exactly on the wrapping ablation grid (`certificate_delta`): the same number when s divides
+the image size, one more per axis where a stride that does not divide it leaves a short gap at the
+wrap. An image is certified iff the smoothed prediction is the true label and
+count_top − count_second > 2Δ.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Variants: the model itself (`original`), each target compression (int8 dynamic quantization, global
 magnitude pruning `pruneNN`) and, when `student:` names one, a distilled student. Adversarial images
 are crafted once per source variant on its differentiable surrogate and evaluated on every variant:
-a transfer matrix, one row per (source, target); the diagonal is the white-box attack. Crafted images
-are cached on disk by content hash, so other cells with the same inputs reuse them.
+a transfer matrix, one row per (source, target); the diagonal is the white-box attack. Crafted
+images are cached on disk by content hash, so other cells with the same inputs reuse them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..cache import atomic_path, cache_dir
+from ..cache import atomic_path, cache_dir, file_lock
 from ..cells import stable_hash
 from ..compression import COMPRESSIONS, Compressed, compress, parse_target
 from ..errors import ScenarioNotApplicable
@@ -54,7 +54,8 @@ class CompressedTransfer(Scenario):
                                             "(NN = percent of Linear weights), e.g. prune50")
 
     def check_student(self, ctx: CellContext) -> None:
-        """Skip unless the student was distilled from the evaluated model (checked for zoo recipes)."""
+        """Skip unless the student was distilled from the evaluated model (checked for zoo
+        recipes)."""
         if not self.student or ctx.model_config is None:
             return
         (mp, mname), (sp, sname) = (split_source(ctx.model_config.source),
@@ -77,7 +78,8 @@ class CompressedTransfer(Scenario):
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
               batch_size: int) -> torch.Tensor:
         """Adversarial images crafted on `model`, batch by batch."""
-        params = {"eps": self.eps} if self.attack == "fgsm" else {"eps": self.eps, "steps": self.steps}
+        params = ({"eps": self.eps} if self.attack == "fgsm"
+                  else {"eps": self.eps, "steps": self.steps})
         attack = ATTACKS.get(self.attack)(**params)
         return torch.cat([attack.perturb(model, x[i:i + batch_size], y[i:i + batch_size],
                                          seed=seed + i) for i in range(0, len(x), batch_size)])
@@ -87,11 +89,14 @@ class CompressedTransfer(Scenario):
         """Crafted images for `source`, from the content-addressed cache when present."""
         key = stable_hash([ctx.model_key, ctx.data_key, source, self.attack, self.eps, self.steps,
                            self.student and ctx.references["student"].fingerprint, ctx.seed], 24)
+        batch_size = ctx.loader.batch_size or len(x)
+        if not self.cache:
+            return self.craft(variant.surrogate, x, y, ctx.seed, batch_size)
         path = cache_dir("transfer") / f"{key}.pt"
-        if self.cache and path.is_file():
-            return torch.load(path, map_location=ctx.device, weights_only=True)
-        adv = self.craft(variant.surrogate, x, y, ctx.seed, ctx.loader.batch_size or len(x))
-        if self.cache:
+        with file_lock(path.with_suffix(".lock")):  # concurrent workers craft it once
+            if path.is_file():
+                return torch.load(path, map_location=ctx.device, weights_only=True)
+            adv = self.craft(variant.surrogate, x, y, ctx.seed, batch_size)
             with atomic_path(path) as tmp:
                 torch.save(adv.cpu(), tmp)
         return adv

@@ -2,11 +2,11 @@
 
 The attacker holds only the public pre-trained ViT (`source`); the victim is the evaluated model,
 fine-tuned from it on a task the attacker does not know. Adversarial images are crafted on the
-source by L∞ PGD (random start) *minimizing* the cosine similarity between the block-`layer` tokens of
-x' and x, averaged over tokens, then the victim is evaluated on them. `layer: auto` picks the block
-whose attack moves the source's final (pre-logits) features furthest on a held-out slice [choice:
-that measure]. Baselines in the same cell: PGD through the source's own head, the feature loss at
-the last block, and random sign noise of the same eps.
+source by L∞ PGD (random start) *minimizing* the cosine similarity between the block-`layer` tokens
+of x' and x, averaged over tokens, then the victim is evaluated on them. `layer: auto` picks the
+block whose attack moves the source's final (pre-logits) features furthest on a held-out slice
+[choice: that measure]. Baselines in the same cell: PGD through the source's own head, the feature
+loss at the last block, and random sign noise of the same eps.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def random_noise(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
 @SCENARIOS.register("transfer:dta")
 @dataclass(frozen=True, kw_only=True)
 class DTAScenario(Scenario):
-    """Downstream Transfer Attack: feature-disruption PGD on the pre-trained source, fine-tuned victim."""
+    """Downstream Transfer Attack: feature PGD on the pre-trained source, fine-tuned victim."""
 
     kind: ClassVar[str] = "transfer"
     model_refs: ClassVar[tuple[str, ...]] = ("source",)
@@ -91,7 +91,8 @@ class DTAScenario(Scenario):
         return self.alpha if self.alpha is not None else self.eps / 4
 
     def check_lineage(self, ctx: CellContext) -> None:
-        """Skip unless the evaluated model is fine-tuned from the source (checked for zoo recipes)."""
+        """Skip unless the evaluated model is fine-tuned from the source (checked for zoo
+        recipes)."""
         source, model = ctx.references["source"], ctx.model_config
         if model is None or model.fingerprint == source.fingerprint:
             raise ScenarioNotApplicable("the evaluated model is the DTA source itself")
@@ -140,7 +141,8 @@ class DTAScenario(Scenario):
                 for m in methods]
 
     def methods(self, source: nn.Module, layer: int, blocks: int) -> dict[str, Craft]:
-        """name -> craft(x, seed): DTA at `layer`, and the baselines / per-layer variants asked for."""
+        """name -> craft(x, seed): DTA at `layer`, and the baselines / per-layer variants asked
+        for."""
         eps, alpha, steps = self.eps, self.step_size(), self.steps
 
         def at(block: int) -> Craft:
