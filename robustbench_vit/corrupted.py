@@ -62,11 +62,15 @@ def images_digest(images: np.ndarray) -> str:
 
 
 def entry_key(digest: str, name: str, severity: int, seed: int,
-              versions: dict[str, str] | None = None) -> str:
-    """The cache key of one corrupted copy of the images with `digest`."""
-    return stable_hash({"format": CACHE_FORMAT, "images": digest, "corruption": name,
-                        "severity": severity, "seed": seed,
-                        "versions": library_versions() if versions is None else versions}, 32)
+              versions: dict[str, str] | None = None, start: int = 0) -> str:
+    """The cache key of one corrupted copy of the images with `digest` (image 0 of them being
+    image `start` of the cell's slice: it sets the per-image seeds)."""
+    payload = {"format": CACHE_FORMAT, "images": digest, "corruption": name,
+               "severity": severity, "seed": seed,
+               "versions": library_versions() if versions is None else versions}
+    if start:
+        payload["start"] = start
+    return stable_hash(payload, 32)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -136,32 +140,36 @@ def shutdown_pools() -> None:
 
 
 def corrupt_images(images: np.ndarray, names: Sequence[str], severity: int, seed: int, *,
-                   workers: int = 0, on_done: OnDone | None = None) -> dict[str, np.ndarray]:
+                   workers: int = 0, on_done: OnDone | None = None,
+                   start: int = 0) -> dict[str, np.ndarray]:
     """Corrupted copies of uint8 (N,H,W,3) `images`, one per name; identical for any `workers`.
 
-    `on_done(name, array)` is called as each corruption completes (to write it out early).
+    Image i is seeded as image `start + i` of the slice, so a chunk of a slice gets exactly the
+    corresponding part of the whole slice's corrupted copy. `on_done(name, array)` is called as
+    each corruption completes (to write it out early).
     """
     names = list(dict.fromkeys(names))
     n_workers = resolve_workers(workers, len(images), len(names))
     if n_workers == 1 or len(images) == 0:
         out = {}
         for name in names:
-            out[name] = corrupt_chunk(images, name, severity, seed, 0)
+            out[name] = corrupt_chunk(images, name, severity, seed, start)
             if on_done:
                 on_done(name, out[name])
         return out
-    return _corrupt_parallel(images, names, severity, seed, n_workers, on_done)
+    return _corrupt_parallel(images, names, severity, seed, n_workers, on_done, start)
 
 
 def _corrupt_parallel(images: np.ndarray, names: list[str], severity: int, seed: int,
-                      n_workers: int, on_done: OnDone | None) -> dict[str, np.ndarray]:
+                      n_workers: int, on_done: OnDone | None,
+                      start: int = 0) -> dict[str, np.ndarray]:
     """Chunks of every corruption submitted at once; each corruption assembled when complete."""
     pool = executor(n_workers)
     size = max(1, math.ceil(len(images) * len(names) / (n_workers * CHUNKS_PER_WORKER)))
     size = min(size, len(images))
     starts = range(0, len(images), size)
     futures: dict[str, list[Future[np.ndarray]]] = {
-        name: [pool.submit(corrupt_chunk, images[s:s + size], name, severity, seed, s)
+        name: [pool.submit(corrupt_chunk, images[s:s + size], name, severity, seed, start + s)
                for s in starts] for name in names}
     out = {}
     try:
@@ -180,26 +188,29 @@ def _corrupt_parallel(images: np.ndarray, names: list[str], severity: int, seed:
 
 
 def cached_corruptions(images: np.ndarray, names: Sequence[str], severity: int, seed: int, *,
-                       workers: int = 0, cache: bool = True) -> dict[str, np.ndarray]:
+                       workers: int = 0, cache: bool = True,
+                       start: int = 0) -> dict[str, np.ndarray]:
     """Corrupted copies of `images` per name, read from the cache or generated (and then cached).
 
-    Cached arrays are returned memory-mapped (read-only).
+    `images` start at image `start` of the slice (see `corrupt_images`). Cached arrays are
+    returned memory-mapped (read-only).
     """
     if not cache:
-        return corrupt_images(images, names, severity, seed, workers=workers)
+        return corrupt_images(images, names, severity, seed, workers=workers, start=start)
     digest, versions, folder = images_digest(images), library_versions(), corrupted_dir()
-    paths = {name: folder / f"{entry_key(digest, name, severity, seed, versions)}.npy"
+    paths = {name: folder / f"{entry_key(digest, name, severity, seed, versions, start)}.npy"
              for name in dict.fromkeys(names)}
     out = {name: arr for name, path in paths.items()
            if (arr := load_entry(path, images.shape)) is not None}
     missing = sorted((n for n in paths if n not in out), key=lambda n: paths[n].name)
     if missing:
-        out.update(_build_locked(images, {n: paths[n] for n in missing}, severity, seed, workers))
+        out.update(_build_locked(images, {n: paths[n] for n in missing}, severity, seed, workers,
+                                 start))
     return {name: out[name] for name in paths}
 
 
 def _build_locked(images: np.ndarray, paths: dict[str, Path], severity: int, seed: int,
-                  workers: int) -> dict[str, np.ndarray]:
+                  workers: int, start: int = 0) -> dict[str, np.ndarray]:
     """Generate the missing entries holding their locks (taken in key order: no deadlock)."""
     with contextlib.ExitStack() as stack:
         for path in paths.values():
@@ -215,7 +226,7 @@ def _build_locked(images: np.ndarray, paths: dict[str, Path], severity: int, see
                 save_entry(paths[name], array)
 
             out.update(corrupt_images(images, todo, severity, seed, workers=workers,
-                                      on_done=save))
+                                      on_done=save, start=start))
     return out
 
 

@@ -502,3 +502,45 @@ def test_scenario_reads_imagenet_c_files(tmp_path: Path, monkeypatch: pytest.Mon
     assert got[("gaussian_noise", "corruption_accuracy")] == (0.75, 4, alexnet)
     named = CorruptionScenario(names=["fog"], severity=1, baseline="vit").run(ctx)
     assert all(m.extra == {} for m in named)  # the suite's own baseline is kept as given
+
+
+CHUNKED = """\
+suite: corr_chunks
+device: cpu
+data: {dataset: digits, split: test, image_size: 32, n_examples: 30, batch_size: 10}
+models:
+  - name: vit
+    source: zoo:digits_vit
+scenarios:
+  - {kind: corruption, names: [gaussian_noise, impulse_noise, spatter], severity: 3}
+"""
+
+
+def test_a_chunk_of_a_slice_is_the_same_part_of_its_corrupted_copy(cache: Path) -> None:
+    images = corrupted.to_uint8(Digits(split="test").load().tensors[0][:30])
+    names = ["gaussian_noise", "impulse_noise"]
+    whole = corrupted.cached_corruptions(images, names, 3, seed=0)
+    part = corrupted.cached_corruptions(images[10:20], names, 3, seed=0, start=10)
+    for name in names:
+        np.testing.assert_array_equal(part[name], whole[name][10:20])
+    # without the offset the chunk would be seeded as images 0..9: different noise
+    unaligned = corrupted.cached_corruptions(images[10:20], names, 3, seed=0)
+    assert not np.array_equal(unaligned["gaussian_noise"], whole["gaussian_noise"][10:20])
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_chunked_corruption_cells_merge_into_the_whole_cells_rows(
+        tmp_path: Path, cache: Path, use_cache: bool) -> None:
+    from robustbench_vit.chunks import chunk_spans, merge_chunks
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(CHUNKED.replace("severity: 3}", f"severity: 3, cache: {str(use_cache).lower()}}}"))
+    [cell] = load_suite(path).cells()
+    spans = chunk_spans(cell, 10)
+    assert spans == [(0, 10), (10, 20), (20, 30)]
+    whole = evaluate_cell(cell)
+    parts = [evaluate_cell(cell, span=span) for span in spans]
+    assert all(p.status == "ok" and p.partial is not None for p in parts)
+    merged = merge_chunks(cell, parts)
+    assert merged.measurements == whole.measurements
+    assert len(whole.measurements) == 4  # clean accuracy + 3 corruptions

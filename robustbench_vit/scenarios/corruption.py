@@ -46,6 +46,8 @@ class CorruptionScenario(Scenario):
     """Accuracy under ImageNet-C corruptions at one severity; mCE derived by the leaderboard."""
 
     kind: ClassVar[str] = "corruption"
+    chunkable: ClassVar[bool] = True
+    """Chunks corrupt their images with the whole slice's per-image seeds and sum their counts."""
     names: Literal["all", "benchmark"] | list[str] = "all"
     severity: Annotated[int, Field(ge=1, le=5)] = 3  # sweep 1..5 for the standard mCE
     baseline: str | None = None
@@ -72,6 +74,10 @@ class CorruptionScenario(Scenario):
         return list(dict.fromkeys(names))
 
     def run(self, ctx: CellContext) -> list[Measurement]:
+        return self.merge([self.partial(ctx)])
+
+    def partial(self, ctx: CellContext) -> dict[str, Any]:
+        """Correct/total counts, clean and per corruption, over the images of `ctx.loader`."""
         names = self.corruption_names()
         found = precomputed_source(ctx.loader.dataset)
         progress = Share(ctx.advance, total=len(ctx.loader.dataset), passes=len(names) + 1)
@@ -81,10 +87,19 @@ class CorruptionScenario(Scenario):
         else:
             clean, corrupted = self.precomputed(ctx, names, *found, progress)
             baseline = self.baseline or found[0].published_baseline
+        return {"clean": clean, "corrupted": corrupted, "baseline": baseline}
+
+    def merge(self, parts: list[dict[str, Any]]) -> list[Measurement]:
+        """Rows from the summed counts of consecutive chunks (one part for a whole cell)."""
+        baseline = parts[0]["baseline"]
         extra = {"baseline": baseline} if baseline != self.baseline else {}
-        rows = [proportion("accuracy", *clean, **extra)] if clean else []
-        rows += [replace(proportion("corruption_accuracy", *counts, **extra), scenario_name=name)
-                 for name, counts in corrupted.items()]
+        cleans = [p["clean"] for p in parts]
+        rows = []
+        if all(c is not None for c in cleans):
+            rows.append(proportion("accuracy", *_summed(cleans), **extra))
+        rows += [replace(proportion("corruption_accuracy",
+                                    *_summed([p["corrupted"][name] for p in parts]), **extra),
+                         scenario_name=name) for name in parts[0]["corrupted"]]
         return rows
 
     def generated(self, ctx: CellContext, names: list[str],
@@ -98,8 +113,9 @@ class CorruptionScenario(Scenario):
         progress.pass_done()
         pixels = np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
         y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        start = ctx.first_batch * (ctx.loader.batch_size or 1)  # chunks: seeds of the whole slice
         arrays = cached_corruptions(pixels, names, self.severity, ctx.seed,
-                                    workers=self.workers, cache=self.cache)
+                                    workers=self.workers, cache=self.cache, start=start)
         corrupted = {}
         for name in names:
             corrupted[name] = (count_correct_batches(ctx, array_batches(
@@ -124,6 +140,10 @@ class CorruptionScenario(Scenario):
             log.info("no clean images beside the corrupted files: no clean accuracy row")
             progress.pass_done()
         return clean, {name: counts(source.corrupted(name, self.severity)) for name in names}
+
+
+def _summed(counts: list[Counts]) -> Counts:
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def precomputed_source(dataset: Any) -> tuple[ProvidesCorruptions, list[int]] | None:
