@@ -29,7 +29,7 @@ test-all: setup ## every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check robustbench_vit attacks defenses tests benchmarks
+	$(VENV)/bin/ruff check robustbench_vit attacks defenses tests benchmarks tools
 
 bench: setup
 	$(PY) benchmarks/attack_overhead.py

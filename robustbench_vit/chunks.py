@@ -1,8 +1,8 @@
 """Chunks: a cell's images split into batch-aligned ranges, evaluated apart, merged exactly.
 
-Only scenarios that declare `chunkable = True` are split (clean, attack, corruption): `partial` returns
-per-image or per-batch sufficient statistics and `merge` turns the statistics of consecutive chunks
-into the very rows the whole cell gives. Chunks start on batch boundaries, so every batch holds the
+Only scenarios that declare `chunkable = True` are split (clean, attack, corruption): `partial`
+returns per-image or per-batch sufficient statistics and `merge` turns the statistics of consecutive
+chunks into the very rows the whole cell gives. Chunks start on batch boundaries, so every batch holds the
 same images as in the whole cell and its random seed (seed + batch index in the cell) is the same:
 PGD's random start, square's queries and EOT draws do not depend on how the cell was split.
 """

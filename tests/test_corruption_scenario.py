@@ -534,7 +534,8 @@ def test_chunked_corruption_cells_merge_into_the_whole_cells_rows(
     from robustbench_vit.chunks import chunk_spans, merge_chunks
 
     path = tmp_path / "suite.yaml"
-    path.write_text(CHUNKED.replace("severity: 3}", f"severity: 3, cache: {str(use_cache).lower()}}}"))
+    cache_flag = f"severity: 3, cache: {str(use_cache).lower()}}}"
+    path.write_text(CHUNKED.replace("severity: 3}", cache_flag))
     [cell] = load_suite(path).cells()
     spans = chunk_spans(cell, 10)
     assert spans == [(0, 10), (10, 20), (20, 30)]

@@ -1,10 +1,11 @@
 """Cells never inherit a model mode from earlier cells.
 
-torchattacks puts its model back into training mode after an attack when the model it was given was
-in training mode — and a freshly built wrapper (EOT, a defense's attack view) is. A smoothed model in
-training mode answers with one random ablation instead of its votes, so every later cell sharing the
-cached model would be wrong. Every inference defense is checked: clean, then gradient attacks (with
-and without EOT), then clean again must give the same numbers, with every cached module in eval mode.
+torchattacks puts its model back into training mode after an attack when the model it was given
+was in training mode — and a freshly built wrapper (EOT, a defense's attack view) is. A smoothed
+model in training mode answers with one random ablation instead of its votes, so every later cell
+sharing the cached model would be wrong. Every inference defense is checked: clean, then gradient
+attacks (with and without EOT), then clean again must give the same numbers, with every cached
+module in eval mode.
 """
 
 from __future__ import annotations
