@@ -2,9 +2,10 @@
 
 Only scenarios that declare `chunkable = True` are split (clean, attack, corruption): `partial`
 returns per-image or per-batch sufficient statistics and `merge` turns the statistics of consecutive
-chunks into the very rows the whole cell gives. Chunks start on batch boundaries, so every batch holds the
-same images as in the whole cell and its random seed (seed + batch index in the cell) is the same:
-PGD's random start, square's queries and EOT draws do not depend on how the cell was split.
+chunks into the very rows the whole cell gives. Chunks start on batch boundaries, so every batch
+holds the same images as in the whole cell and its random seed (seed + batch index in the cell) is
+the same: PGD's random start, square's queries and EOT draws do not depend on how the cell was
+split.
 """
 
 from __future__ import annotations
