@@ -65,6 +65,9 @@ class Cell:
     data: DataConfig
     seed: int
     references: dict[str, ModelConfig] = field(default_factory=dict)
+    scenario_options: dict[str, Any] = field(default_factory=dict)
+    """The scenario's execution-only fields (see Scenario.execution_fields): not part of `key` or
+    `row_params`."""
     device: str = "cpu"
     amp: bool = False
 

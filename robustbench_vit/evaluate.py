@@ -150,7 +150,7 @@ def build_data(cell: Cell, model: nn.Module, span: Span | None = None) -> CellDa
 def build_scenario(cell: Cell) -> Any:
     """The cell's scenario object, validated from its parameters."""
     scenario = scenario_class(cell.scenario_kind, cell.scenario_params.get("name"))
-    return scenario.from_params(cell.scenario_params)
+    return scenario.from_params({**cell.scenario_params, **cell.scenario_options})
 
 
 def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,

@@ -28,6 +28,8 @@ class ScenarioConfig:
     kind: str
     points: tuple[dict[str, Any], ...]
     references: dict[str, ModelConfig] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    """Execution-only fields (the scenario's `execution_fields`), the same for every point."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +69,7 @@ class Suite:
                             suite=self.name, suite_version=self.version, model=model,
                             defense=defense.name, defense_params=defense.params,
                             scenario_kind=scenario.kind, scenario_params=point,
+                            scenario_options=scenario.options,
                             data=self.model_data[model.name], references=scenario.references,
                             seed=self.seed, device=device or self.device, amp=self.amp,
                         ))
@@ -180,6 +183,9 @@ def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems,
             if found:
                 references[ref] = found
     keys = list(sweep)
+    for key in set(keys) & getattr(cls, "execution_fields", frozenset()):
+        problems.add(f"{where}.sweep.{key}", f"`{key}` changes how the cells run, not their "
+                     "numbers: set it once instead of sweeping it")
     points = []
     for values in itertools.product(*(sweep[k] for k in keys)):
         point = dict(zip(keys, values, strict=False))
@@ -191,7 +197,10 @@ def _build_scenario(raw: dict[str, Any], i: int, problems: _Problems,
         except (pydantic.ValidationError, ParamError, ValueError, TypeError) as exc:
             _sweep_problem(problems, where, exc, point, sweep, cls, raw)
             break
-    return ScenarioConfig(kind=kind, points=tuple(points), references=references)
+    execution = getattr(cls, "execution_fields", frozenset())
+    options = {k: v for k, v in points[0].items() if k in execution} if points else {}
+    points = [{k: v for k, v in p.items() if k not in execution} for p in points]
+    return ScenarioConfig(kind=kind, points=tuple(points), references=references, options=options)
 
 
 def _resolve_reference(value: str, where: str, models: dict[str, ModelConfig], base_dir: Path,

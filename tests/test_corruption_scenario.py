@@ -545,3 +545,29 @@ def test_chunked_corruption_cells_merge_into_the_whole_cells_rows(
     merged = merge_chunks(cell, parts)
     assert merged.measurements == whole.measurements
     assert len(whole.measurements) == 4  # clean accuracy + 3 corruptions
+
+
+def test_execution_fields_stay_out_of_the_cell_key_and_stored_params(tmp_path: Path) -> None:
+    keys, params = set(), set()
+    for options in ("", ", workers: 2", ", cache: false", ", workers: 1, cache: false"):
+        path = tmp_path / "suite.yaml"
+        path.write_text(CHUNKED.replace("severity: 3}", f"severity: 3{options}}}"))
+        [cell] = load_suite(path).cells()
+        keys.add(cell.key)
+        params.add(canonical_json(cell.row_params))
+        assert "workers" not in cell.row_params and "cache" not in cell.row_params
+    assert len(keys) == 1 and len(params) == 1
+    assert cell.scenario_options == {"workers": 1, "cache": False}  # still reaches the scenario
+    from robustbench_vit.evaluate import build_scenario
+
+    scenario = build_scenario(cell)
+    assert (scenario.workers, scenario.cache) == (1, False)
+
+
+def test_sweeping_an_execution_field_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "suite.yaml"
+    path.write_text(CHUNKED.replace("severity: 3}", "severity: 3, sweep: {workers: [1, 2]}}"))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    assert any(field == "scenarios[0].sweep.workers" and "not their numbers" in msg
+               for field, msg in info.value.problems), info.value.problems

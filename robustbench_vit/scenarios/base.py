@@ -78,6 +78,9 @@ class Scenario:
 
     kind: ClassVar[str]
     needs_gradients: ClassVar[bool] = False
+    execution_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields that change how a cell runs (processes, caching), never its numbers: they stay out of
+    the cell key and the stored params, so changing them neither recomputes nor relabels results."""
     chunkable: ClassVar[bool] = False
     """True when `merge` of `partial`s over batch-aligned slices gives exactly `run`'s rows.
 

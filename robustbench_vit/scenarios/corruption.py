@@ -47,6 +47,7 @@ class CorruptionScenario(Scenario):
 
     kind: ClassVar[str] = "corruption"
     chunkable: ClassVar[bool] = True
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"workers", "cache"})
     """Chunks corrupt their images with the whole slice's per-image seeds and sum their counts."""
     names: Literal["all", "benchmark"] | list[str] = "all"
     severity: Annotated[int, Field(ge=1, le=5)] = 3  # sweep 1..5 for the standard mCE
