@@ -108,13 +108,10 @@ def _same(wanted: Any, actual: Any) -> bool:
     return bool(wanted == actual)
 
 
-def row_id(row: pd.Series, shown: list[str]) -> str:
-    """"model/defense/scenario[k=v,...]/metric", with the params in `shown` in brackets."""
+def row_id(row: pd.Series, defense: str, shown: list[str]) -> str:
+    """"model/defense/scenario[k=v,...]/metric": `defense` is the row's label (see
+    `leaderboard.defense_labels`), the params in `shown` go in brackets."""
     params = json.loads(row["params"])
-    defense = row["defense"]
-    if params.get(DEFENSE_PARAMS):
-        defense += "(" + ",".join(f"{k}={format_value(v)}"
-                                  for k, v in sorted(params[DEFENSE_PARAMS].items())) + ")"
     inside = ",".join(f"{k}={format_value(params.get(k))}" for k in shown)
     scenario = f"{row['scenario']}[{inside}]" if inside else row["scenario"]
     return f"{row['model']}/{defense}/{scenario}/{row['metric']}"
@@ -142,8 +139,8 @@ def check_gates(suite: Suite, table: pd.DataFrame,
                         "or check the gate's model/defense/scenario/metric/params)"))
             continue
         shown = sorted(set(_varying(rows)) | (set(gate.params) - {DEFENSE_PARAMS}))
-        for _, row in rows.iterrows():
-            outcomes.append(_check_row(index, gate, row, row_id(row, shown), base, z))
+        for (_, row), label in zip(rows.iterrows(), defense_labels(rows), strict=True):
+            outcomes.append(_check_row(index, gate, row, row_id(row, label, shown), base, z))
     return _unique_ids(outcomes)
 
 

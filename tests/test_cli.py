@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_suite import TINY_SUITE
 from typer.testing import CliRunner, Result
 
 from robustbench_vit import load_suite
@@ -23,19 +24,7 @@ from robustbench_vit.plugins import load_plugins
 from robustbench_vit.registry import REGISTRIES
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = """\
-# no training: a random-init timm ViT on seeded synthetic images
-suite: tiny
-device: cpu
-data: {dataset: synthetic, size: 32, image_size: 32, batch_size: 16}
-models:
-  - name: vit
-    source: timm:vit_tiny_patch16_224
-    kwargs: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, num_classes: 10}
-scenarios:
-  - {kind: clean}
-  - {kind: attack, name: pgd, steps: 2, sweep: {eps: [1/255, 8/255]}}
-"""
+TINY = TINY_SUITE
 LONG_KEYS = {"model", "defense", "scenario", "params", "metric", "value", "n", "ci_low", "ci_high"}
 
 

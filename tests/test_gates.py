@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from tiny_suite import TINY_SUITE
 
 from robustbench_vit.gates import baseline_margin, check_gates
 from robustbench_vit.spec import GatesSpec
@@ -140,17 +141,7 @@ def test_two_gates_on_one_row_get_distinct_ids() -> None:
 
 # --- end to end: the console script and pytest on real files ---------------------------------
 
-TINY = """\
-suite: gated
-device: cpu
-data: {dataset: synthetic, size: 32, image_size: 32, batch_size: 16}
-models:
-  - name: vit
-    source: timm:vit_tiny_patch16_224
-    kwargs: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, num_classes: 10}
-scenarios:
-  - {kind: clean}
-  - {kind: attack, name: pgd, steps: 2, sweep: {eps: [1/255, 8/255]}}
+TINY = TINY_SUITE.replace("suite: tiny", "suite: gated") + """\
 gates:
   evaluate: true
   checks:
