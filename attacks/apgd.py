@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 import torch
-import torchattacks
 from pydantic import Field
 from torch import nn
 
 from robustbench_vit.api import Attack, Norm, register_attack
 
-from ._common import run_torchattack
+from ._common import require_torchattacks, run_torchattack
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +27,8 @@ class _APGD(Attack):
                 seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
-        return run_torchattack(torchattacks.APGD, model, x, y, seed, norm=self.norm, eps=self.eps,
+        ta = require_torchattacks("apgd_" + self.loss)
+        return run_torchattack(ta.APGD, model, x, y, seed, norm=self.norm, eps=self.eps,
                                steps=self.steps, n_restarts=self.n_restarts, seed=seed,
                                loss=self.loss, rho=self.rho)
 

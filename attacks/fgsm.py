@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import torch
-import torchattacks
 from pydantic import Field
 from torch import nn
 
 from robustbench_vit.api import Attack, register_attack
 
-from ._common import run_torchattack
+from ._common import require_torchattacks, run_torchattack
 
 
 @register_attack("fgsm")
@@ -26,4 +25,5 @@ class FGSM(Attack):
                 seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
-        return run_torchattack(torchattacks.FGSM, model, x, y, seed, eps=self.eps)
+        ta = require_torchattacks("fgsm")
+        return run_torchattack(ta.FGSM, model, x, y, seed, eps=self.eps)

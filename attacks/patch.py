@@ -122,7 +122,7 @@ class PatchAttack(Attack):
     def _paste_corruption(self, model: nn.Module, x: torch.Tensor, xs: torch.Tensor,
                           ms: torch.Tensor, labels: torch.Tensor,
                           seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from robustbench_vit.corruptions import corrupt_batch
+        from robustbench_vit.api import corrupt_batch
 
         name = self.content.split(":", 1)[1]
         # each image corrupted once; every position pastes its own square of that one image

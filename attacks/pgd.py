@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import torch
-import torchattacks
 from pydantic import Field
 from torch import nn
 
 from robustbench_vit.api import Attack, Norm, register_attack
 
-from ._common import run_torchattack
+from ._common import require_torchattacks, run_torchattack
 
 
 @register_attack("pgd")
@@ -35,6 +34,7 @@ class PGD(Attack):
                 seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
-        cls = torchattacks.PGD if self.norm == "Linf" else torchattacks.PGDL2
+        ta = require_torchattacks("pgd")
+        cls = ta.PGD if self.norm == "Linf" else ta.PGDL2
         return run_torchattack(cls, model, x, y, seed, eps=self.eps, alpha=self.step_size(),
                                steps=self.steps, random_start=self.random_start)

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 import torch
-import torchattacks
 from pydantic import Field
 from torch import nn
 
 from robustbench_vit.api import Attack, Norm, register_attack
 
-from ._common import run_torchattack
+from ._common import require_torchattacks, run_torchattack
 
 
 @register_attack("square")
@@ -31,8 +30,9 @@ class Square(Attack):
                 seed: int) -> torch.Tensor:
         if self.eps == 0:
             return x.clone()
+        ta = require_torchattacks("square")
         with torch.no_grad():
-            return run_torchattack(torchattacks.Square, model, x, y, seed, norm=self.norm,
+            return run_torchattack(ta.Square, model, x, y, seed, norm=self.norm,
                                    eps=self.eps, n_queries=self.n_queries, p_init=self.p_init,
                                    n_restarts=self.n_restarts, seed=seed, loss="margin",
                                    resc_schedule=True)
