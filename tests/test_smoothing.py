@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustbench_vit.errors import ScenarioNotApplicable
+from robustbench_vit.core.errors import ScenarioNotApplicable
 from robustbench_vit.scenarios.base import CellContext
 from robustbench_vit.scenarios.certify import (
     CertifyScenario,
@@ -16,15 +16,16 @@ from robustbench_vit.scenarios.certify import (
     smoothed_prediction,
 )
 
-TRAINED = {"train": True, "epochs": 60, "lr": 3e-3}
+TRAINED = {"train": True, "epochs": 60, "lr": 3e-3, "stride": 2}
 """Ablation training that certifies a non-trivial fraction of digits at m=5 (cached per content
-hash)."""
+hash). Stride 2 as in the quickstart: the stride-1 fine-tune at this learning rate is unstable
+across CPUs (42 % test accuracy on one 2-core x86_64 machine, 90 % with stride 2 on the same)."""
 
 
 def smoothing(**params: object) -> object:
     """A `smoothing` defense from YAML-style parameters."""
     from robustbench_vit.api import DEFENSES
-    from robustbench_vit.params import validate_params
+    from robustbench_vit.core.params import validate_params
 
     return validate_params(DEFENSES.get("smoothing"), params)
 
@@ -32,9 +33,9 @@ def smoothing(**params: object) -> object:
 @pytest.fixture(scope="module")
 def trained_smoothed() -> torch.nn.Module:
     """digits_vit fine-tuned with column ablation training (through the zoo's defense path)."""
-    from robustbench_vit.cells import ModelConfig
-    from robustbench_vit.defended import load_defended_model
-    from robustbench_vit.plugins import load_plugins
+    from robustbench_vit.core.cells import ModelConfig
+    from robustbench_vit.core.plugins import load_plugins
+    from robustbench_vit.models.defended import load_defended_model
 
     load_plugins()
     model = load_defended_model(
@@ -189,7 +190,7 @@ def test_no_patch_attack_changes_a_certified_prediction(
 ) -> None:
     m = 5
     x, y = digits_batch
-    delta = affected_ablations("column", 4, 1, m)
+    delta = affected_ablations("column", 4, TRAINED["stride"], m)
     ok = certified(trained_smoothed(x), y, delta)
     idx = torch.nonzero(ok).flatten()[:2]
     assert len(idx) == 2
