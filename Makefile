@@ -28,8 +28,9 @@ test: setup ## the default test run (fast; excludes slow and ray tests)
 test-all: setup ## every test, slow ones included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: setup
+lint: setup ## ruff on the code, then mypy on the package (settings: pyproject.toml [tool.mypy])
 	$(VENV)/bin/ruff check robustbench_vit attacks defenses tests benchmarks tools
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/attack_overhead.py

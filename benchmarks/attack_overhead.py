@@ -34,7 +34,7 @@ MODEL = "zoo:digits_vit"
 
 def pgd_cell() -> object:
     """The quickstart's digits_vit cell PGD-10 L∞ at eps 8/255 (its data settings and seed)."""
-    from robustbench_vit.spec import load_suite
+    from robustbench_vit.config.load import load_suite
 
     for cell in load_suite(QUICKSTART).cells(device="cpu"):
         params = cell.scenario_params
@@ -47,9 +47,9 @@ def pgd_cell() -> object:
 
 def cell_images(cell: object, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The cell's images and labels as two tensors (the same slice evaluate_cell evaluates)."""
-    from robustbench_vit.datasets import subset
-    from robustbench_vit.params import validate_params
-    from robustbench_vit.registry import DATASETS
+    from robustbench_vit.core.params import validate_params
+    from robustbench_vit.core.registry import DATASETS
+    from robustbench_vit.data.datasets import subset
 
     source = validate_params(DATASETS.get(cell.data.dataset), cell.data.params)
     dataset = subset(source.load(getattr(model, "data_config", None)), cell.data.n_examples,
@@ -87,7 +87,7 @@ def hand_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
 
 def rbv_evaluate(cell: object) -> float:
     """Robust accuracy of the cell through rbv's one evaluation path."""
-    from robustbench_vit.evaluate import evaluate_cell
+    from robustbench_vit.execution.evaluate import evaluate_cell
 
     result = evaluate_cell(cell)
     if result.status != "ok":
@@ -104,8 +104,8 @@ def timed(fn: Callable[[], float]) -> tuple[float, float]:
 
 def compare(reps: int) -> None:
     """Alternate hand-written and rbv runs `reps` times; print medians and the ratio."""
-    from robustbench_vit.evaluate import load_model, resolve_device
-    from robustbench_vit.plugins import load_plugins
+    from robustbench_vit.core.plugins import load_plugins
+    from robustbench_vit.execution.evaluate import load_model, resolve_device
 
     load_plugins()
     cell = pgd_cell()

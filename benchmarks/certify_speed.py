@@ -36,10 +36,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from robustbench_vit.api import DEFENSES
-    from robustbench_vit.cells import ModelConfig
-    from robustbench_vit.datasets import Digits
-    from robustbench_vit.models import build_model
-    from robustbench_vit.plugins import load_plugins
+    from robustbench_vit.core.cells import ModelConfig
+    from robustbench_vit.core.plugins import load_plugins
+    from robustbench_vit.data.datasets import Digits
+    from robustbench_vit.models.sources import build_model
 
     load_plugins()
     torch.set_grad_enabled(False)

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from robustbench_vit import evaluate_cell, load_suite
-from robustbench_vit.cache import cache_dir
-from robustbench_vit.cells import Cell
-from robustbench_vit.corrupted import available_cpus, corrupt_images, to_uint8
-from robustbench_vit.corruptions import ALL, image_seed, load_imagecorruptions
-from robustbench_vit.datasets import Digits
+from robustbench_vit.core.cache import cache_dir
+from robustbench_vit.core.cells import Cell
+from robustbench_vit.data.corruption_cache import available_cpus, corrupt_images, to_uint8
+from robustbench_vit.data.corruptions import ALL, image_seed, load_imagecorruptions
+from robustbench_vit.data.datasets import Digits
 
 SUITE = """
 suite: bench_corruption_cache

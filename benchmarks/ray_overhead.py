@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from robustbench_vit import load_suite
-from robustbench_vit.run import run_suite
-from robustbench_vit.runners.ray import connect, import_ray
-from robustbench_vit.store import ResultStore
+from robustbench_vit.execution.run import run_suite
+from robustbench_vit.execution.runners.ray import connect, import_ray
+from robustbench_vit.results.store import ResultStore
 
 
 def timed_run(suite: object, results: Path, backend: str) -> float:

@@ -18,9 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Defense, register_defense
-from robustbench_vit.errors import ModelLoadError
-from robustbench_vit.models import NormalizedModel
+from robustbench_vit.api import Defense, ModelLoadError, NormalizedModel, register_defense
 
 Ablation = Literal["column", "block"]
 CHUNK = 4096

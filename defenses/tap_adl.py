@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Defense, register_defense
-from robustbench_vit.vit import backbone_of
+from robustbench_vit.api import Defense, backbone_of, register_defense
 
 from .temperature_scaling import PatchedAttention, attention_modules, patch_attention
 

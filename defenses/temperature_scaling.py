@@ -12,9 +12,7 @@ from pydantic import Field
 from timm.layers import Attention
 from torch import nn
 
-from robustbench_vit.api import Defense, register_defense
-from robustbench_vit.errors import ScenarioNotApplicable
-from robustbench_vit.vit import backbone_of
+from robustbench_vit.api import Defense, ScenarioNotApplicable, backbone_of, register_defense
 
 log = logging.getLogger(__name__)
 

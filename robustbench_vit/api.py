@@ -1,116 +1,115 @@
-"""The extension contract: what an attack, a defense or a dataset plugin implements.
+"""The extension contract: what an attack, a defense, a scenario or a dataset plugin uses.
 
-A plugin is a module that registers components with the decorators below. Built-in plugins
-(`attacks`, `defenses`) load exactly like third-party ones: through the entry-point group
-``robustbench_vit.plugins`` or the tuple `robustbench_vit.plugins.BUILTIN_PLUGINS`.
+A plugin is a module that registers components with the functions below. Built-in plugins
+(`attacks`, `defenses`, and the framework's own `scenarios`) load exactly like third-party ones:
+through the entry-point group ``robustbench_vit.plugins`` or the tuple
+`robustbench_vit.core.plugins.BUILTIN_PLUGINS`.
 
 Components are kw_only dataclasses; their fields are the YAML keys a suite may set.
 Images are float tensors in [0,1] pixel space; models take such images (normalization is inside).
+
+A scenario brings everything about itself: its class (`register_scenario`), the metrics it
+reports (`register_metric`: direction, proportion, headline column), aggregates derived from its
+stored rows (`register_aggregate`: long table in, extra long-table rows out) and plots for the
+HTML report (`register_plot`: prepared long table in, plot dicts out; see `robustbench_vit.report
+.plots` for the plot format and helpers). A metric no module registered fails the cell.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from collections.abc import Callable
+from typing import Any
 
-import torch
-from torch import nn
-
-from ._plugin_package import import_submodules
-from .params import ParamError
-from .registry import ATTACKS, CORRUPTIONS, DATASETS, DEFENSES, ZOO
-from .vit import backbone_of, capture_block_outputs, num_blocks, patch_size
-
-Norm = Literal["Linf", "L2"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Attack:
-    """Base of attacks: `perturb` returns adversarial images in [0,1] for images `x`, labels `y`.
-
-    `threat_model` is (norm, eps) for bounded attacks, None for unbounded ones (patches); the
-    framework checks every output against it. `needs_gradients` marks white-box attacks, so a
-    non-differentiable defense can be flagged. `min_classes`: fewer classes make the cell skipped.
-    """
-
-    needs_gradients: ClassVar[bool] = True
-    min_classes: ClassVar[int] = 2
-
-    def threat_model(self) -> tuple[str, float] | None:
-        """(norm, eps) of the budget, or None when the attack is unbounded."""
-        norm, eps = getattr(self, "norm", "Linf"), getattr(self, "eps", None)
-        return None if eps is None else (norm, float(eps))
-
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                seed: int) -> torch.Tensor:
-        """Adversarial versions of `x` (same shape, in [0,1]); deterministic for `seed`."""
-        raise NotImplementedError
-
-    def perturb_with_stats(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                           seed: int) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
-        """`perturb`, plus proportions the attack measures itself: {metric: (successes, n)}.
-
-        They replace the scenario's own metric of the same name (e.g. a patch attack's fooling rate
-        over (image, position) pairs replaces the per-image attack_success_rate).
-        """
-        return self.perturb(model, x, y, seed=seed), {}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Defense:
-    """Base of defenses: `apply` returns the defended model (still [0,1] images in, logits out).
-
-    `stage` is "inference" (wraps or edits a trained model) or "training" (the zoo fine-tunes the
-    base model with the defense applied, cached by content hash; `needs_training` may depend on a
-    field). `apply` receives a private copy and may edit it in place. Training hooks: `epochs`,
-    `lr` fields when present, and `training_loss` for extra loss terms. `differentiable` False
-    flags gradient-attack rows unless `attack_view` gives a differentiable stand-in to attack.
-    """
-
-    stage: ClassVar[Literal["inference", "training"]] = "inference"
-    differentiable: ClassVar[bool] = True
-
-    def needs_training(self) -> bool:
-        """Whether the zoo must fine-tune the base model with this defense."""
-        return self.stage == "training"
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        """The defended model."""
-        return model
-
-    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      logits: torch.Tensor) -> torch.Tensor | None:
-        """An extra loss term added while fine-tuning (None: plain cross-entropy)."""
-        return None
-
-    def attack_view(self, defended: nn.Module) -> nn.Module | None:
-        """A differentiable model for gradient attacks (e.g. the base classifier on random
-        ablations, attacked with EOT); None to attack `defended` itself."""
-        return None
-
+from .core._plugin_package import import_submodules
+from .core.cells import canonical_json
+from .core.components import Attack, Defense, Norm
+from .core.errors import (
+    MissingDependencyError,
+    ModelLoadError,
+    RbvError,
+    ScenarioNotApplicable,
+)
+from .core.metrics import Measurement, Metric, proportion, register_metric, wilson_interval
+from .core.params import ParamError
+from .core.registry import (
+    AGGREGATES,
+    ATTACKS,
+    CORRUPTIONS,
+    DATASETS,
+    DEFENSES,
+    METRICS,
+    PLOTS,
+    SCENARIOS,
+    ZOO,
+)
+from .data.corruptions import corrupt_batch
+from .models.sources import NormalizedModel
+from .models.vit import backbone_of, capture_block_outputs, num_blocks, patch_size
+from .results.table import DEFENSE_PARAMS, LONG_COLUMNS
+from .scenarios.base import CellContext, Scenario
 
 register_attack = ATTACKS.register
 register_defense = DEFENSES.register
 register_dataset = DATASETS.register
 register_recipe = ZOO.register
+register_scenario = SCENARIOS.register
+
+
+def register_aggregate(name: str, function: Callable[..., Any] | None = None,
+                       **meta: Any) -> Any:
+    """Register `function(long_table) -> DataFrame of LONG_COLUMNS rows` (decorator when
+    `function` is omitted). Aggregates run in name order on every leaderboard, HTML page and
+    gate check."""
+    return AGGREGATES.register(name, function, **meta)
+
+
+def register_plot(name: str, function: Callable[..., Any] | None = None, *,
+                  order: int = 100, **meta: Any) -> Any:
+    """Register `function(prepared_table) -> list of plot dicts` for the HTML report
+    (decorator when `function` is omitted); `order` places its section (built-ins use 10-50)."""
+    return PLOTS.register(name, function, order=order, **meta)
+
 
 __all__ = [
+    "AGGREGATES",
     "ATTACKS",
     "Attack",
     "CORRUPTIONS",
+    "CellContext",
     "DATASETS",
     "DEFENSES",
+    "DEFENSE_PARAMS",
     "Defense",
+    "LONG_COLUMNS",
+    "METRICS",
+    "Measurement",
+    "Metric",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "NormalizedModel",
     "Norm",
+    "PLOTS",
     "ParamError",
+    "RbvError",
+    "SCENARIOS",
+    "Scenario",
+    "ScenarioNotApplicable",
     "ZOO",
     "backbone_of",
+    "canonical_json",
+    "corrupt_batch",
     "capture_block_outputs",
     "import_submodules",
     "num_blocks",
     "patch_size",
+    "proportion",
+    "register_aggregate",
     "register_attack",
     "register_dataset",
     "register_defense",
+    "register_metric",
+    "register_plot",
     "register_recipe",
+    "register_scenario",
+    "wilson_interval",
 ]

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import RbvError
+from .core.errors import RbvError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Robustness benchmark suite for Vision Transformers.")
@@ -22,7 +22,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Folder of the results database.")]
 SuiteArg = Annotated[Path, typer.Argument(help="Suite YAML file.")]
-KINDS = ("attacks", "defenses", "scenarios", "datasets", "metrics", "zoo", "corruptions")
+KINDS = ("attacks", "defenses", "scenarios", "datasets", "metrics", "zoo", "corruptions",
+         "aggregates", "plots")
 
 
 def fail(exc: RbvError) -> typer.Exit:
@@ -45,9 +46,9 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a suite (finished cells are skipped), then print its leaderboard."""
-    from .progress import RichProgress
-    from .run import run_suite
-    from .spec import load_suite
+    from .config.load import load_suite
+    from .execution.progress import RichProgress
+    from .execution.run import run_suite
 
     try:
         loaded = load_suite(suite)
@@ -72,7 +73,7 @@ def evaluate(
 @app.command()
 def validate(suite: SuiteArg) -> None:
     """Parse a suite and build every component; run nothing."""
-    from .spec import load_suite
+    from .config.load import load_suite
 
     try:
         loaded = load_suite(suite)
@@ -101,11 +102,14 @@ def leaderboard(
 
 
 def _print_leaderboard(results: Path, suite: str | None, fmt: str) -> None:
-    from . import leaderboard as lb
-    from .store import ResultStore
+    from .results import table as lb
+    from .results.store import ResultStore
 
-    with ResultStore(results) as store:
-        table = lb.long_table(store.frame(suite))
+    try:
+        with ResultStore(results) as store:
+            table = lb.long_table(store.frame(suite))
+    except RbvError as exc:
+        raise fail(exc) from None
     if fmt == "json":
         sys.stdout.write(lb.to_json(table) + "\n")
         return
@@ -126,7 +130,7 @@ def export_html(
         "--output", "-o", help="HTML file to write (default: <results>/leaderboard.html).")] = None,
 ) -> None:
     """Write the leaderboard as one self-contained HTML file (tables, plots, provenance)."""
-    from .html_report import export_html as write_html
+    from .report.html import export_html as write_html
 
     if suite_name and suite and suite_name != suite:
         err.print(f"error: SUITE_NAME {suite_name!r} and --suite {suite!r} disagree")
@@ -158,9 +162,9 @@ def gate(
     """Check the suite's gates; pytest-like lines, exit 1 when one fails."""
     import time
 
-    from .gates import run_gates
-    from .progress import RichProgress
-    from .spec import load_suite
+    from .config.load import load_suite
+    from .execution.gating import run_gates
+    from .execution.progress import RichProgress
 
     start = time.perf_counter()
     try:
@@ -195,9 +199,9 @@ def baseline_save(
     baselines: BaselinesOpt = Path("results/baselines"),
 ) -> None:
     """Write results/baselines/<suite>.csv from the stored results of the suite's current cells."""
-    from .gates import missing_cells, save_baseline, suite_table
-    from .spec import load_suite
-    from .store import ResultStore
+    from .config.load import load_suite
+    from .results.gates import missing_cells, save_baseline, suite_table
+    from .results.store import ResultStore
 
     try:
         loaded = load_suite(suite)
@@ -221,9 +225,9 @@ def baseline_save(
 @app.command("ls")
 def list_components(kind: Annotated[str, typer.Argument(help="|".join(KINDS))]) -> None:
     """List registered components with one-line descriptions (and parameters)."""
-    from .params import describe_fields
-    from .plugins import load_plugins
-    from .registry import REGISTRIES
+    from .core.params import describe_fields
+    from .core.plugins import load_plugins
+    from .core.registry import REGISTRIES
 
     load_plugins()
     if kind not in REGISTRIES:
@@ -243,9 +247,9 @@ def list_components(kind: Annotated[str, typer.Argument(help="|".join(KINDS))]) 
 def train(recipe: Annotated[str, typer.Argument(help="Zoo recipe name (see `rbv ls zoo`).")],
           device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto") -> None:
     """Train a zoo recipe now and cache its checkpoint (no-op when cached)."""
-    from .evaluate import resolve_device
-    from .plugins import load_plugins
-    from .zoo import ensure_trained, load_metadata
+    from .core.plugins import load_plugins
+    from .execution.evaluate import resolve_device
+    from .models.zoo import ensure_trained, load_metadata
 
     load_plugins()
     try:
@@ -261,7 +265,7 @@ def train(recipe: Annotated[str, typer.Argument(help="Zoo recipe name (see `rbv 
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of suite files (for editors)."""
-    from .schema import suite_json_schema
+    from .config.schema import suite_json_schema
 
     sys.stdout.write(json.dumps(suite_json_schema(), indent=2) + "\n")
 

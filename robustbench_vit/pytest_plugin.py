@@ -2,18 +2,26 @@
 
     pytest suites/regression.yaml [--rbv-results DIR] [--rbv-baselines DIR] [--rbv-evaluate]
 
-Each gate check becomes a test item whose id reads model/defense/scenario[params]/metric, so CI
-systems report robustness regressions like test failures. YAML files are collected only when named
-explicitly (or under a directory given with --rbv-suites), so ordinary test runs never evaluate
-suites.
+Each gate becomes a test item whose id reads model/defense/scenario[params]/metric (its
+patterns), so CI systems report robustness regressions like test failures; a failing item lists
+every row that failed. Collection only reads the suite: evaluation happens when the items run.
+YAML files are collected only when named explicitly (or under a directory given with
+--rbv-suites), so ordinary test runs never evaluate suites. This module imports no torch: pytest
+loads it wherever the package is installed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr, TracebackStyle
+
+    from .results.gates import GateReport
 
 _SUFFIXES = {".yaml", ".yml"}
 
@@ -53,27 +61,38 @@ def _has_gates(path: Path) -> bool:
 
 
 class SuiteFile(pytest.File):
-    """A suite file: loads the suite, optionally evaluates it, and yields one item per check."""
+    """A suite file: one item per gate; the suite is evaluated (when asked) and checked only when
+    the first item runs, never during collection (`pytest --collect-only` touches no results)."""
 
-    def collect(self) -> Any:
-        from .gates import run_gates
-        from .spec import load_suite
+    def collect(self) -> Iterator[GateItem]:
+        from .config.load import load_suite
+        from .results.gates import gate_ids
 
-        suite = load_suite(self.path)
-        root = self.config.rootpath
-        report = run_gates(suite, _under(root, self.config.getoption("rbv_results")),
-                           _under(root, self.config.getoption("rbv_baselines")),
-                           evaluate=self.config.getoption("rbv_evaluate"))
-        for outcome in report.outcomes:
-            yield GateItem.from_parent(self, name=outcome.id, outcome=outcome,
-                                       missing=report.missing_cells)
+        self.suite = load_suite(self.path)
+        self._report: GateReport | None = None
+        for index, name in enumerate(gate_ids(self.suite.gates.checks)):
+            yield GateItem.from_parent(self, name=name, gate=index)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        from .errors import RbvError
+    def report(self) -> GateReport:
+        """The gate report of the suite, computed once (evaluating missing cells if asked)."""
+        if self._report is None:
+            from .execution.gating import run_gates
+
+            root = self.config.rootpath
+            self._report = run_gates(
+                self.suite, _under(root, self.config.getoption("rbv_results")),
+                _under(root, self.config.getoption("rbv_baselines")),
+                evaluate=self.config.getoption("rbv_evaluate"))
+        return self._report
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: TracebackStyle | None = None) -> str | TerminalRepr:
+        from .core.errors import RbvError
 
         if isinstance(excinfo.value, RbvError):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
+        # a Collector's repr_failure takes no `style`: it picks the style from --tb itself
+        return super().repr_failure(excinfo)
 
 
 class GateFailed(Exception):
@@ -81,24 +100,38 @@ class GateFailed(Exception):
 
 
 class GateItem(pytest.Item):
-    """One gate check on one result row."""
+    """One gate of the suite: passes when every row it selects passes its checks."""
 
-    def __init__(self, *, outcome: Any, missing: int, **kwargs: Any):
+    def __init__(self, *, gate: int, **kwargs: Any):
         super().__init__(**kwargs)
-        self.outcome = outcome
-        self.missing = missing
-        self.user_properties.append(("value", outcome.value))
+        self.gate = gate
+        self.missing = 0
 
     def runtest(self) -> None:
-        if not self.outcome.passed:
-            raise GateFailed(self.outcome.message)
+        if not isinstance(self.parent, SuiteFile):
+            raise TypeError(f"gate {self.name} is not inside a suite file")
+        report = self.parent.report()
+        self.missing = report.missing_cells
+        outcomes = [o for o in report.outcomes if o.gate == self.gate]
+        for outcome in outcomes:
+            self.user_properties.append((outcome.id, outcome.value))
+        failed = [o for o in outcomes if not o.passed]
+        if failed:
+            lines = [f"{o.id}: {o.message}" for o in failed]
+            head = f"{len(failed)} of {len(outcomes)} checked row(s) failed"
+            raise GateFailed("\n  ".join([head, *lines]))
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: TracebackStyle | None = None) -> str | TerminalRepr:
+        from .core.errors import RbvError
+
         if isinstance(excinfo.value, GateFailed):
             text = f"gate failed: {self.name}\n  {excinfo.value}"
             if self.missing:
                 text += f"\n  ({self.missing} cells of the suite have no stored result)"
             return text
+        if isinstance(excinfo.value, RbvError):
+            return f"gate not checked: {self.name}\n  {excinfo.value}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

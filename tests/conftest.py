@@ -27,9 +27,9 @@ def rbv_bin() -> str:
 @pytest.fixture(scope="session")
 def digits_model() -> torch.nn.Module:
     """The digits_vit zoo model (trained once into the test cache)."""
-    from robustbench_vit.cells import ModelConfig
-    from robustbench_vit.models import build_model
-    from robustbench_vit.plugins import load_plugins
+    from robustbench_vit.core.cells import ModelConfig
+    from robustbench_vit.core.plugins import load_plugins
+    from robustbench_vit.models.sources import build_model
 
     load_plugins()
     model = build_model(ModelConfig(name="vit", source="zoo:digits_vit"), "cpu")
@@ -41,7 +41,7 @@ def digits_model() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """64 test-split digits images and labels."""
-    from robustbench_vit.datasets import Digits
+    from robustbench_vit.data.datasets import Digits
 
     ds = Digits(split="test").load()
     x, y = ds.tensors

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustbench_vit.cells import Cell, DataConfig, ModelConfig
-from robustbench_vit.evaluate import CellResult
-from robustbench_vit.metrics import Measurement, proportion
+from robustbench_vit.core.cells import Cell, DataConfig, ModelConfig
+from robustbench_vit.core.metrics import Measurement, proportion
+from robustbench_vit.execution.evaluate import CellResult
+from robustbench_vit.results.store import ResultStore
 from robustbench_vit.scenarios.attack import NOT_DIFFERENTIABLE
-from robustbench_vit.store import ResultStore
 
 SUITE = "htmltest"
 HOSTILE_MODEL = "<script>alert(1)</script>"

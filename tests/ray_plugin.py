@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from robustbench_vit.metrics import Measurement, proportion
-from robustbench_vit.registry import SCENARIOS
+from robustbench_vit.core.metrics import Measurement, proportion
+from robustbench_vit.core.registry import SCENARIOS
 from robustbench_vit.scenarios.base import CellContext, Scenario
 
 

@@ -20,13 +20,13 @@ import yaml
 from torch import nn
 
 from robustbench_vit.api import Attack
-from robustbench_vit.cells import Cell
-from robustbench_vit.evaluate import CellResult, evaluate_cell
-from robustbench_vit.params import validate_params
-from robustbench_vit.plugins import load_plugins
-from robustbench_vit.registry import ATTACKS
+from robustbench_vit.config.load import load_suite
+from robustbench_vit.core.cells import Cell
+from robustbench_vit.core.params import validate_params
+from robustbench_vit.core.plugins import load_plugins
+from robustbench_vit.core.registry import ATTACKS
+from robustbench_vit.execution.evaluate import CellResult, evaluate_cell
 from robustbench_vit.scenarios.attack import AttackContractError, attack_batch
-from robustbench_vit.spec import load_suite
 
 load_plugins()
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner, Result
 
 from robustbench_vit import load_suite
 from robustbench_vit.cli import app
-from robustbench_vit.plugins import load_plugins
-from robustbench_vit.registry import REGISTRIES
+from robustbench_vit.core.plugins import load_plugins
+from robustbench_vit.core.registry import REGISTRIES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_SUITE

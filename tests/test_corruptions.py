@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustbench_vit import corruptions as rc
-from robustbench_vit.corruptions import (
+from robustbench_vit.core.errors import UnknownNameError
+from robustbench_vit.core.registry import CORRUPTIONS
+from robustbench_vit.data import corruptions as rc
+from robustbench_vit.data.corruptions import (
     ALL,
     BENCHMARK,
     EXTRA,
@@ -21,8 +23,6 @@ from robustbench_vit.corruptions import (
     corrupt_image,
     image_seed,
 )
-from robustbench_vit.errors import UnknownNameError
-from robustbench_vit.registry import CORRUPTIONS
 
 NAMES = CORRUPTIONS.names()
 SEVERITIES = [1, 2, 3, 4, 5]
@@ -200,7 +200,7 @@ def test_corrupt_batch_rejects_non_image_batches() -> None:
 PROBE = """
 import importlib.util, json, sys
 {block}
-import robustbench_vit, robustbench_vit.corruptions as rc
+import robustbench_vit, robustbench_vit.data.corruptions as rc
 heavy = ("imagecorruptions", "skimage", "cv2", "scipy.ndimage")
 before = [m for m in heavy if m in sys.modules]
 import numpy as np
@@ -225,7 +225,8 @@ def test_import_is_lazy_and_no_fake_pkg_resources_is_left() -> None:
     report = probe()
     assert report["before"] == []
     assert set(report["after"]) >= {"imagecorruptions", "skimage", "cv2"}
-    if report["frost"] == "robustbench_vit.corruptions":  # the real pkg_resources is missing here
+    # the real pkg_resources is missing here
+    if report["frost"] == "robustbench_vit.data.corruptions":
         assert report["pkg_resources"] == "'absent'"
     else:
         assert "robustbench_vit" not in str(report["pkg_resources"])
@@ -235,7 +236,8 @@ def test_shims_stand_in_for_blocked_modules_and_are_removed() -> None:
     block = ('import scipy.ndimage; sys.modules["pkg_resources"] = None; '
              'sys.modules["scipy.ndimage.interpolation"] = None')
     report = probe(block)
-    assert report["frost"] == "robustbench_vit.corruptions"  # frost found its photographs via ours
+    # frost found its photographs via ours
+    assert report["frost"] == "robustbench_vit.data.corruptions"
     assert report["pkg_resources"] == "None" and report["interpolation"] == "None"
 
 

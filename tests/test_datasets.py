@@ -11,7 +11,8 @@ import timm
 import torch
 from torch.utils.data import Dataset
 
-from robustbench_vit.datasets import (
+from robustbench_vit.core.errors import DataError
+from robustbench_vit.data.datasets import (
     Cifar10,
     Digits,
     ImageFolderData,
@@ -20,8 +21,7 @@ from robustbench_vit.datasets import (
     stratified_split,
     subset,
 )
-from robustbench_vit.errors import DataError
-from robustbench_vit.models import NormalizedModel
+from robustbench_vit.models.sources import NormalizedModel
 
 N_DIGITS = 1797
 

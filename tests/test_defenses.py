@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from robustbench_vit.api import DEFENSES, Defense
-from robustbench_vit.params import validate_params
-from robustbench_vit.plugins import load_plugins
+from robustbench_vit.core.params import validate_params
+from robustbench_vit.core.plugins import load_plugins
 
 load_plugins()
 NAMES = DEFENSES.names()

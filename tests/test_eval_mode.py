@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_vit import evaluate as ev
 from robustbench_vit import evaluate_cell, load_suite
 from robustbench_vit.api import DEFENSES
-from robustbench_vit.plugins import load_plugins
+from robustbench_vit.core.plugins import load_plugins
+from robustbench_vit.execution import evaluate as ev
 
 load_plugins()
 INFERENCE_DEFENSES = [name for name in DEFENSES.names()

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from tiny_suite import TINY_SUITE
 
-from robustbench_vit.gates import baseline_margin, check_gates
-from robustbench_vit.spec import GatesSpec
+from robustbench_vit.config.spec import GatesSpec
+from robustbench_vit.results.gates import baseline_margin, check_gates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,16 +232,40 @@ def test_pytest_collects_each_gate_as_an_item(gated: Path) -> None:
                "--rootdir", str(gated), "--rbv-results", "results", cwd=gated)
     assert proc.returncode == 1, proc.stdout
     assert "failing.yaml::vit/none/clean/accuracy@min+baseline PASSED" in proc.stdout
-    assert "failing.yaml::vit/none/attack:pgd[eps=1/255]/robust_accuracy PASSED" in proc.stdout
+    assert "failing.yaml::vit/none/attack:pgd/robust_accuracy PASSED" in proc.stdout
     assert "failing.yaml::vit/none/clean/accuracy@min FAILED" in proc.stdout
-    assert "gate failed" in proc.stdout and "1 failed, 3 passed" in proc.stdout
+    # the failing item names the row that failed and why
+    assert "gate failed" in proc.stdout and "1 of 1 checked row(s) failed" in proc.stdout
+    assert "vit/none/clean/accuracy@min: 0.0000 < min 0.9900" in proc.stdout
+    assert "1 failed, 2 passed" in proc.stdout
 
 
 def test_pytest_passes_a_passing_suite(gated: Path) -> None:
     proc = run(sys.executable, "-m", "pytest", "gated.yaml", "-q", "-p", "no:cacheprovider",
                "--rootdir", str(gated), cwd=gated)
     assert proc.returncode == 0, proc.stdout
-    assert "3 passed" in proc.stdout
+    assert "2 passed" in proc.stdout
+
+
+def test_pytest_collection_never_evaluates(tmp_path: Path) -> None:
+    """`--collect-only` of a suite with `evaluate: true` lists its gates and writes nothing."""
+    (tmp_path / "gated.yaml").write_text(TINY + FAILING)
+    proc = run(sys.executable, "-m", "pytest", "gated.yaml", "--collect-only", "-q",
+               "-p", "no:cacheprovider", "--rootdir", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert "gated.yaml::vit/none/attack:pgd/robust_accuracy" in proc.stdout
+    assert "3 tests collected" in proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_pytest_collection_of_the_regression_suite_creates_no_database(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = run(sys.executable, "-m", "pytest", str(REPO / "suites" / "regression.yaml"),
+               "--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+               "--rbv-results", str(results), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert "6 tests collected" in proc.stdout
+    assert not results.exists()
 
 
 def test_pytest_reports_a_bad_suite_as_a_collection_error(tmp_path: Path) -> None:
@@ -262,8 +286,8 @@ def test_ordinary_test_runs_do_not_collect_suites(tmp_path: Path) -> None:
 
 
 def test_regression_suite_has_a_committed_baseline_for_every_baseline_gate() -> None:
-    from robustbench_vit.gates import load_baseline
-    from robustbench_vit.spec import load_suite
+    from robustbench_vit.config.load import load_suite
+    from robustbench_vit.results.gates import load_baseline
 
     suite = load_suite(REPO / "suites" / "regression.yaml")
     assert suite.gates.evaluate and any(g.baseline for g in suite.gates.checks)

@@ -24,17 +24,17 @@ from html_results import (
     write_results,
 )
 
-from robustbench_vit import leaderboard as lb
-from robustbench_vit.html_report import (
+from robustbench_vit.report.html import (
     SuiteNotFound,
     export_html,
     render_html,
     resolve_suite,
     script_json,
 )
-from robustbench_vit.report_page import build_page
-from robustbench_vit.store import ResultStore
-from robustbench_vit.svg_charts import el
+from robustbench_vit.report.page import build_page
+from robustbench_vit.report.svg import el
+from robustbench_vit.results import table as lb
+from robustbench_vit.results.store import ResultStore
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from html_results import HOSTILE_MODEL, SUITE, write_results
 
-from robustbench_vit.html_report import export_html
+from robustbench_vit.report.html import export_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

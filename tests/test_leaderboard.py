@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from robustbench_vit import leaderboard as lb
-from robustbench_vit.cells import Cell, DataConfig, ModelConfig, canonical_json
-from robustbench_vit.evaluate import CellResult
-from robustbench_vit.metrics import (
+from robustbench_vit.core.cells import Cell, DataConfig, ModelConfig, canonical_json
+from robustbench_vit.core.metrics import (
     Measurement,
     expected_calibration_error,
     proportion,
     wilson_interval,
 )
-from robustbench_vit.store import ResultStore
+from robustbench_vit.execution.evaluate import CellResult
+from robustbench_vit.results import table as lb
+from robustbench_vit.results.store import ResultStore
 
 # --- metrics -------------------------------------------------------------------------------------
 

@@ -14,11 +14,13 @@ import timm.data
 import torch
 from torch import nn
 
-from robustbench_vit import models, zoo
-from robustbench_vit.cells import ModelConfig
-from robustbench_vit.datasets import Digits
-from robustbench_vit.errors import ModelLoadError
-from robustbench_vit.models import (
+from robustbench_vit.core.cells import ModelConfig
+from robustbench_vit.core.errors import ModelLoadError
+from robustbench_vit.core.registry import ZOO
+from robustbench_vit.data.datasets import Digits
+from robustbench_vit.models import sources as models
+from robustbench_vit.models import zoo
+from robustbench_vit.models.sources import (
     NormalizedModel,
     build_model,
     create_timm_backbone,
@@ -26,9 +28,8 @@ from robustbench_vit.models import (
     load_state_dict,
     model_problems,
 )
-from robustbench_vit.registry import ZOO
-from robustbench_vit.training import accuracy
-from robustbench_vit.zoo import Recipe, checkpoint_path, ensure_trained, load_metadata
+from robustbench_vit.models.training import accuracy
+from robustbench_vit.models.zoo import Recipe, checkpoint_path, ensure_trained, load_metadata
 
 ARCH = "vit_tiny_patch16_224"
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
@@ -319,3 +320,37 @@ def test_digits_vit_reaches_its_target(digits_model: nn.Module) -> None:
     meta = load_metadata("digits_vit")
     assert meta is not None and meta["test_accuracy"] == pytest.approx(acc)
     assert digits_model.data_config["input_size"] == (3, 32, 32)
+
+
+# --- shipped reference checkpoints -------------------------------------------------------------
+
+
+def test_digits_vit_installs_the_shipped_reference_without_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every machine evaluates the same digits_vit: the cache gets the shipped bytes."""
+    monkeypatch.setenv("RBV_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    recipe = ZOO.get("digits_vit")
+    reference = zoo.reference_checkpoint("digits_vit", recipe)
+    assert reference is not None, "digits_vit ships a reference checkpoint"
+    path = zoo.ensure_trained("digits_vit")
+    assert path.read_bytes() == reference.read_bytes()
+    record = zoo.load_metadata("digits_vit")
+    assert record["reference"] is True and record["hash"] == recipe.recipe_hash()
+    assert record["test_accuracy"] >= recipe.min_accuracy
+
+
+def test_a_tampered_reference_is_not_trusted(tmp_path: Path) -> None:
+    reference = zoo.reference_checkpoint("digits_vit", ZOO.get("digits_vit"))
+    assert reference is not None
+    copy = tmp_path / "ref" / reference.name
+    copy.parent.mkdir()
+    copy.write_bytes(reference.read_bytes()[:-1] + b"\x00")
+    copy.with_suffix(".json").write_text(reference.with_suffix(".json").read_text())
+    target = tmp_path / "cache" / reference.name
+    assert zoo.install_reference(copy, target) is False
+    assert not target.exists() and not target.with_suffix(".json").exists()
+
+
+def test_a_recipe_without_a_reference_is_trained() -> None:
+    assert zoo.reference_checkpoint("digits_vit_student", ZOO.get("digits_vit_student")) is None

@@ -14,9 +14,9 @@ from torch import nn
 from defenses.layer_shuffle import LayerShuffle, ShuffledBlocks
 from defenses.polyphase import Polyphase, poly_order, polyphase_index
 from robustbench_vit import load_suite
-from robustbench_vit.evaluate import evaluate_cell
-from robustbench_vit.models import NormalizedModel
-from robustbench_vit.scenarios.layer_order import arranged_blocks
+from robustbench_vit.execution.evaluate import evaluate_cell
+from robustbench_vit.models.sources import NormalizedModel
+from robustbench_vit.scenarios.layer_order.scenario import arranged_blocks
 
 SHIFTS = list(itertools.product(range(8), range(8)))
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from robustbench_vit.cells import Cell, DataConfig, ModelConfig
-from robustbench_vit.chunks import chunk_spans, merge_chunks
-from robustbench_vit.errors import RbvError
-from robustbench_vit.evaluate import evaluate_cell
-from robustbench_vit.run import RUNNERS, run_suite
-from robustbench_vit.runners.base import NullProgress
-from robustbench_vit.spec import load_suite
-from robustbench_vit.store import ResultStore
+from robustbench_vit.config.load import load_suite
+from robustbench_vit.core.cells import Cell, DataConfig, ModelConfig
+from robustbench_vit.core.errors import RbvError
+from robustbench_vit.execution.chunks import chunk_spans, merge_chunks
+from robustbench_vit.execution.evaluate import evaluate_cell
+from robustbench_vit.execution.run import RUNNERS, run_suite
+from robustbench_vit.execution.runners.base import NullProgress
+from robustbench_vit.results.store import ResultStore
 
 pytestmark = pytest.mark.ray
 TESTS = Path(__file__).resolve().parent
@@ -246,7 +246,7 @@ def test_runner_section_and_cli_options(tmp_path: Path) -> None:
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from robustbench_vit.runners.ray import RayUnavailable
+    from robustbench_vit.execution.runners.ray import RayUnavailable
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(RayUnavailable, match=r"pip install 'robustbench_vit\[ray\]'") as info:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from robustbench_vit import RbvError, SuiteError, load_suite
-from robustbench_vit import plugins as plugins_module
-from robustbench_vit.errors import UnknownNameError
-from robustbench_vit.params import params_model
-from robustbench_vit.plugins import ENTRY_POINT_GROUP, load_plugins
-from robustbench_vit.registry import ATTACKS, METRICS, REGISTRIES, Registry
+from robustbench_vit.core import plugins as plugins_module
+from robustbench_vit.core.errors import UnknownNameError
+from robustbench_vit.core.params import params_model
+from robustbench_vit.core.plugins import ENTRY_POINT_GROUP, load_plugins
+from robustbench_vit.core.registry import ATTACKS, METRICS, REGISTRIES, Registry
 
 REPO = Path(__file__).resolve().parents[1]
 load_plugins()  # the parametrizations below list what the plugins registered

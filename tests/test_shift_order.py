@@ -13,19 +13,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from robustbench_vit import leaderboard as lb
 from robustbench_vit import load_suite
-from robustbench_vit.cells import canonical_json
-from robustbench_vit.datasets import Digits
-from robustbench_vit.evaluate import evaluate_cell
-from robustbench_vit.metrics import Measurement
-from robustbench_vit.models import NormalizedModel
-from robustbench_vit.scenarios import layer_order as lo
+from robustbench_vit.core.cells import canonical_json
+from robustbench_vit.core.metrics import Measurement
+from robustbench_vit.data.datasets import Digits
+from robustbench_vit.execution.evaluate import evaluate_cell
+from robustbench_vit.models.sources import NormalizedModel
+from robustbench_vit.models.vit import backbone_of
+from robustbench_vit.results import table as lb
 from robustbench_vit.scenarios.base import CellContext
 from robustbench_vit.scenarios.clean import CleanScenario
-from robustbench_vit.scenarios.layer_order import LayerOrderScenario, arranged_blocks
+from robustbench_vit.scenarios.layer_order import scenario as lo
+from robustbench_vit.scenarios.layer_order.scenario import LayerOrderScenario, arranged_blocks
 from robustbench_vit.scenarios.shift import ShiftScenario, circular_shift, crop_shift
-from robustbench_vit.vit import backbone_of
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from robustbench_vit import SuiteError, load_suite
 from robustbench_vit.cli import app
-from robustbench_vit.params import parse_fraction
+from robustbench_vit.core.params import parse_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 

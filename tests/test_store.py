@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -20,15 +21,15 @@ import pytest
 import timm
 import torch
 
-from robustbench_vit.cells import Cell, DataConfig, ModelConfig
-from robustbench_vit.errors import ScenarioNotApplicable
-from robustbench_vit.evaluate import CellResult
-from robustbench_vit.metrics import Measurement, proportion
-from robustbench_vit.registry import SCENARIOS
-from robustbench_vit.runners import LocalRunner
-from robustbench_vit.runners.base import NullProgress
+from robustbench_vit.core.cells import Cell, DataConfig, ModelConfig
+from robustbench_vit.core.errors import ScenarioNotApplicable
+from robustbench_vit.core.metrics import Measurement, proportion
+from robustbench_vit.core.registry import SCENARIOS
+from robustbench_vit.execution.evaluate import CellResult
+from robustbench_vit.execution.runners import LocalRunner
+from robustbench_vit.execution.runners.base import NullProgress
+from robustbench_vit.results.store import COLUMNS, ResultStore
 from robustbench_vit.scenarios.base import CellContext, Scenario
-from robustbench_vit.store import COLUMNS, ResultStore
 
 TINY_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
                "num_classes": 10}
@@ -109,7 +110,7 @@ def test_commit_writes_one_typed_row_per_measurement(store: ResultStore) -> None
     assert (row["status"], row["error"], row["seed"], row["device"]) == ("ok", None, 0, "cpu")
     assert row["seconds"] == pytest.approx(1.5)
     assert row["run_id"] == store.run_id
-    assert row["torch_version"] == torch.__version__
+    assert row["torch_version"] == importlib.metadata.version("torch")  # metadata, not an import
     assert row["timm_version"] == timm.__version__
     assert row["rbv_version"] and re.match(r"\d{4}-\d\d-\d\dT", row["created_at"])
     assert json.loads(row["params"]) == {"eps": 8 / 255, "steps": 0}

@@ -18,7 +18,7 @@ from defenses.tap_adl import (
     patched_attention,
 )
 from defenses.temperature_scaling import TemperatureScaling
-from robustbench_vit.vit import backbone_of
+from robustbench_vit.models.vit import backbone_of
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,9 @@ def test_adl_weight_zero_gives_no_loss(digits_model: nn.Module, digits_batch: Ba
 def fine_tuned(digits_model: nn.Module,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module, TapAdl]:
     """(base model with patched attention, tap_adl fine-tuned by the zoo in a temporary cache)."""
-    from robustbench_vit.cells import ModelConfig
-    from robustbench_vit.defended import load_defended_model
-    from robustbench_vit.zoo import ZOO, checkpoint_path
+    from robustbench_vit.core.cells import ModelConfig
+    from robustbench_vit.models.defended import load_defended_model
+    from robustbench_vit.models.zoo import ZOO, checkpoint_path
 
     defense = TapAdl()
     base_ckpt = checkpoint_path("digits_vit", ZOO.get("digits_vit"))
@@ -223,7 +223,7 @@ def test_adl_falls_during_fine_tuning(fine_tuned: tuple[nn.Module, nn.Module, Ta
 @pytest.mark.slow
 def test_fine_tuned_tap_adl_keeps_clean_accuracy(fine_tuned: tuple[nn.Module, nn.Module, TapAdl],
                                                  digits_model: nn.Module) -> None:
-    from robustbench_vit.datasets import Digits
+    from robustbench_vit.data.datasets import Digits
 
     x, y = Digits(split="test").load().tensors
     base, tuned = accuracy_on(digits_model, x, y), accuracy_on(fine_tuned[1], x, y)

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from robustbench_vit import load_suite
-from robustbench_vit.compression import compress
-from robustbench_vit.errors import SuiteError
-from robustbench_vit.evaluate import evaluate_cell
-from robustbench_vit.finetune import SCHEMES, LoRALinear, finalize
-from robustbench_vit.registry import ATTACKS
+from robustbench_vit.core.errors import SuiteError
+from robustbench_vit.core.registry import ATTACKS
+from robustbench_vit.execution.evaluate import evaluate_cell
+from robustbench_vit.models.compression import compress
+from robustbench_vit.models.finetune import SCHEMES, LoRALinear, finalize
 from robustbench_vit.scenarios.transfer_compressed import CompressedTransfer
 from robustbench_vit.scenarios.transfer_dta import random_noise
 
@@ -106,7 +106,7 @@ def test_transfer_matrix_shape_and_white_box_diagonal(compressed_cell, digits_mo
     names = ["original", "int8", "prune50"]
     assert set(pairs) == {(s, t) for s in names for t in names}
     # the diagonal for the original model is exactly the white-box PGD attack
-    from robustbench_vit.evaluate import build_data
+    from robustbench_vit.execution.evaluate import build_data
 
     data = build_data(compressed_cell, digits_model)
     x, y = (torch.cat(t) for t in zip(*data.loader, strict=False))
@@ -142,7 +142,7 @@ def test_crafted_examples_are_reused_from_the_cache(tmp_path, monkeypatch, digit
     monkeypatch.setenv("RBV_CACHE", str(tmp_path / "cache"))
     import shutil
 
-    from robustbench_vit.cache import cache_dir
+    from robustbench_vit.core.cache import cache_dir
     zoo = Path(__file__).resolve().parents[1] / ".cache" / "test" / "zoo"
     shutil.copytree(zoo, cache_dir("zoo"), dirs_exist_ok=True)
     (cell,) = suite_cells(tmp_path, '  - {name: vit, source: "zoo:digits_vit"}',
@@ -251,7 +251,7 @@ def test_natural_patch_pastes_a_corrupted_square(digits_model, digits_batch) -> 
 
 
 def test_unknown_patch_content_is_a_param_error() -> None:
-    from robustbench_vit.params import ParamError, validate_params
+    from robustbench_vit.core.params import ParamError, validate_params
 
     with pytest.raises(ParamError, match="did you mean 'fog'"):
         validate_params(ATTACKS.get("patch"), {"content": "corruption:fogg"})
@@ -271,7 +271,7 @@ class _Noisy(nn.Module):
 
 
 def test_eot_averages_many_random_draws() -> None:
-    from robustbench_vit.eot import EOTModel
+    from robustbench_vit.models.eot import EOTModel
 
     torch.manual_seed(0)
     model = _Noisy()

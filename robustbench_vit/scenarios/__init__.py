@@ -1,8 +1,9 @@
-"""Built-in scenarios; each module registers one scenario kind."""
+"""Layer 5 — built-in scenarios. Each module (or subpackage) registers one scenario kind with the
+metrics it reports, its aggregates and its plots, through the same registries a plugin uses."""
 
 from __future__ import annotations
 
-from .._plugin_package import import_submodules
+from ..core._plugin_package import import_submodules
 from .base import CellContext, Scenario
 
 import_submodules(__name__, __path__)

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+import pandas as pd
 import torch
 from torch import nn
 
-from ..api import Attack
-from ..eot import EOTModel
-from ..errors import RbvError, ScenarioNotApplicable
-from ..metrics import Measurement, proportion
-from ..params import ParamError, to_plain, validate_params
-from ..registry import ATTACKS, SCENARIOS
+from ..core.components import Attack
+from ..core.errors import RbvError, ScenarioNotApplicable
+from ..core.metrics import Measurement, proportion, register_metric
+from ..core.params import ParamError, to_plain, validate_params
+from ..core.registry import ATTACKS, PLOTS, SCENARIOS
+from ..models.eot import EOTModel
+from ..report import plots as pk
 from .base import CellContext, Scenario
 
 BUDGET_TOLERANCE = 1e-5
 NOT_DIFFERENTIABLE = "defense not differentiable: evaluated with a gradient attack only"
+
+
+register_metric("robust_accuracy", higher_is_better=True, headline=True,
+                description="Top-1 accuracy under attack (correct on clean and on adversarial)")
+register_metric("attack_success_rate", higher_is_better=False,
+                description="Among clean-correct images, the fraction the attack flips")
 
 
 class AttackContractError(RbvError):
@@ -152,3 +161,31 @@ class AttackScenario(Scenario):
         if any(p["flag"] for p in parts):
             rows = [replace(r, extra={**r.extra, "flag": NOT_DIFFERENTIABLE}) for r in rows]
         return rows
+
+
+def attack_curves(table: pd.DataFrame) -> list[pk.Plot]:
+    """Robust accuracy vs eps, one line per model/defense, for every attack swept over eps."""
+    rows = table[table["scenario"].str.startswith("attack:")
+                 & (table["metric"] == "robust_accuracy")]
+    rows = rows[pk.has(rows, lambda p: isinstance(p.get("eps"), (int, float)))]
+    rows = rows.assign(curve=rows["p"].map(lambda p: pk.without(p, "eps")))
+    plots = []
+    for scenario, in_scenario in rows.groupby("scenario", sort=False):
+        others = [json.loads(c) for c in in_scenario["curve"].unique()]
+        for curve, group in in_scenario.groupby("curve", sort=False):
+            if group["p"].map(lambda p: p["eps"]).nunique() < 2:
+                continue
+            params = json.loads(cast(str, curve))
+            norm = params.get("norm")
+            shown = pk.varying_text(others, params)
+            plots.append({
+                "kind": "line", "section": "Adversarial attacks",
+                "title": " ".join(x for x in (str(scenario), shown) if x),
+                "subtitle": f"robust accuracy vs ε; {pk.CI_NOTE}",
+                "x_label": f"ε ({norm})" if norm else "ε", "y_label": "robust accuracy (%)",
+                "percent": True,
+                "series": pk.series_by_subject(group, lambda r: pk.point(r, r["p"]["eps"]))})
+    return plots
+
+
+PLOTS.register("attack_curves", attack_curves, order=10)

@@ -10,11 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..cells import ModelConfig
-from ..errors import UnknownNameError
-from ..metrics import Measurement
-from ..params import to_plain, validate_params
-from ..registry import SCENARIOS
+from ..core.cells import ModelConfig
+from ..core.metrics import Measurement
+from ..core.params import to_plain, validate_params
 
 
 @dataclass(kw_only=True)
@@ -81,6 +79,9 @@ class Scenario:
     execution_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that change how a cell runs (processes, caching), never its numbers: they stay out of
     the cell key and the stored params, so changing them neither recomputes nor relabels results."""
+    detail_params: ClassVar[frozenset[str]] = frozenset()
+    """Params that mark per-draw rows (one per random permutation...): kept in the long table,
+    left out of the headline pivot, where the scenario's aggregates summarize them."""
     chunkable: ClassVar[bool] = False
     """True when `merge` of `partial`s over batch-aligned slices gives exactly `run`'s rows.
 
@@ -108,17 +109,3 @@ class Scenario:
     def merge(self, parts: list[Any]) -> list[Measurement]:
         """Measurements from the `partial`s of consecutive chunks, in image order."""
         raise NotImplementedError(f"{type(self).__name__} cannot be split into chunks")
-
-
-def scenario_class(kind: str, name: Any) -> Any:
-    """The class registered as "kind:name" (transfer:dta), else the one registered as "kind"."""
-    if isinstance(name, str) and f"{kind}:{name}" in SCENARIOS:
-        return SCENARIOS.get(f"{kind}:{name}")
-    if kind not in SCENARIOS and isinstance(name, str):
-        named = [n for n in SCENARIOS.names() if n.startswith(f"{kind}:")]
-        if named:
-            full = f"{kind}:{name}"
-            close = [c.split(":", 1)[1] for c in SCENARIOS.suggest(full)]
-            raise UnknownNameError(f"{kind} scenario", name, close,
-                                   [n.split(":", 1)[1] for n in named])
-    return SCENARIOS.get(kind)

@@ -10,17 +10,27 @@ count_top − count_second > 2Δ.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, cast
 
+import pandas as pd
 import torch
 from pydantic import Field
+from torch import nn
 
-from ..errors import ScenarioNotApplicable
-from ..metrics import Measurement, proportion
-from ..registry import DEFENSES, SCENARIOS
+from ..core.errors import ScenarioNotApplicable
+from ..core.metrics import Measurement, proportion, register_metric
+from ..core.registry import DEFENSES, PLOTS, SCENARIOS
+from ..report import plots as pk
 from .base import CellContext, Scenario
+
+register_metric("certified_accuracy", higher_is_better=True, headline=True,
+                description="Fraction of images certified correct against the patch size")
+register_metric("smoothed_accuracy", higher_is_better=True,
+                description="Top-1 accuracy of the smoothed (voting) classifier")
 
 
 def affected_ablations(ablation: str, size: int, stride: int, patch: int) -> int:
@@ -93,11 +103,14 @@ class CertifyScenario(Scenario):
             name = type(ctx.defense).__name__ if ctx.defense is not None else "none"
             raise ScenarioNotApplicable(f"certify needs the smoothing defense, not {name}")
         defense = ctx.defense
-        base = ctx.model.base_classifier().eval()
+        # the smoothing defense's model (nn.Module's __getattr__ types methods as Tensor | Module)
+        base_classifier = cast(Callable[[], nn.Module], ctx.model.base_classifier)
+        base = base_classifier().eval()
         n = n_smoothed = n_certified = n_base = 0
         for x, y in ctx.batches():
             delta = certificate_delta(
-                defense.ablation, defense.size, defense.stride, self.patch_size, tuple(x.shape[-2:])
+                defense.ablation, defense.size, defense.stride, self.patch_size,
+                (x.shape[-2], x.shape[-1]),
             )
             votes = ctx.model(x)
             n += len(y)
@@ -109,3 +122,35 @@ class CertifyScenario(Scenario):
             proportion("certified_accuracy", n_certified, n),
             proportion("accuracy", n_base, n, model="base"),
         ]
+
+
+CERTIFY_METRICS = {"certified_accuracy": "certified accuracy",
+                   "smoothed_accuracy": "smoothed accuracy"}
+
+
+def certify_bars(table: pd.DataFrame) -> list[pk.Plot]:
+    """Certified vs smoothed accuracy per model/defense (grouped bars), per certify setting."""
+    rows = table[(table["scenario"] == "certify") & table["metric"].isin(CERTIFY_METRICS)]
+    rows = rows.assign(setting=rows["p"].map(lambda p: pk.without(p)))
+    settings = [json.loads(s) for s in rows["setting"].unique()]
+    plots = []
+    for setting, group in rows.groupby("setting", sort=False):
+        subjects = list(dict.fromkeys(group["subject"]))
+        bars = []
+        for metric, name in CERTIFY_METRICS.items():
+            found = {s: r for s, (_, r) in zip(group["subject"], group.iterrows(), strict=True)
+                     if r["metric"] == metric}
+            bars.append({"name": name, "full": name, "points": [
+                pk.point(found[s], i, s) if s in found else None for i, s in enumerate(subjects)]})
+        params = json.loads(cast(str, setting))
+        shown = pk.varying_text(settings, params)
+        title = " ".join(x for x in ("certify", shown) if x)
+        patch = params.get("patch_size")
+        plots.append({"kind": "bars", "section": "Certification", "title": title,
+                      "subtitle": (f"patch {patch}×{patch}; " if patch else "") + pk.CI_NOTE,
+                      "y_label": "accuracy (%)", "percent": True, "groups": subjects,
+                      "series": bars})
+    return plots
+
+
+PLOTS.register("certify_bars", certify_bars, order=40)

@@ -8,9 +8,12 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from ..metrics import Measurement, calibration_error, proportion
-from ..registry import SCENARIOS
+from ..core.metrics import Measurement, calibration_error, proportion, register_metric
+from ..core.registry import SCENARIOS
 from .base import CellContext, Scenario
+
+register_metric("ece", higher_is_better=False, proportion=False,
+                description="Expected calibration error over 15 equal-width confidence bins")
 
 
 @SCENARIOS.register("clean")

@@ -26,12 +26,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..cells import stable_hash
-from ..metrics import Measurement, proportion
-from ..registry import SCENARIOS
+from ..core.cells import stable_hash
+from ..core.metrics import Measurement, proportion, register_metric
+from ..core.registry import SCENARIOS
 from .base import CellContext, Scenario
 
 Offset = tuple[int, int]
+
+
+register_metric("shift_consistency", higher_is_better=True, headline=True,
+                description="How often predictions of two shifted copies agree")
+register_metric("shifted_accuracy", higher_is_better=True,
+                description="Top-1 accuracy on shifted inputs")
 
 
 def circular_shift(x: torch.Tensor, offset: Offset, max_shift: int, pad: str) -> torch.Tensor:

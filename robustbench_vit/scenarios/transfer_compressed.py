@@ -13,21 +13,27 @@ import logging
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
+import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
 
-from ..cache import atomic_path, cache_dir, file_lock
-from ..cells import stable_hash
-from ..compression import COMPRESSIONS, Compressed, compress, parse_target
-from ..errors import ScenarioNotApplicable
-from ..metrics import Measurement, proportion
-from ..models import split_source
-from ..params import ParamError
-from ..registry import ATTACKS, SCENARIOS
+from ..core.cache import atomic_path, cache_dir, file_lock
+from ..core.cells import stable_hash
+from ..core.errors import ScenarioNotApplicable
+from ..core.metrics import Measurement, proportion, register_metric
+from ..core.params import ParamError
+from ..core.registry import ATTACKS, PLOTS, SCENARIOS
+from ..models.compression import COMPRESSIONS, Compressed, compress, parse_target
+from ..models.sources import split_source
+from ..report import plots as pk
 from .base import CellContext, Scenario
 
 log = logging.getLogger(__name__)
+
+
+register_metric("transfer_success_rate", higher_is_better=False, headline=True,
+                description="Attack success rate of examples crafted on another model")
 
 
 @SCENARIOS.register("transfer:compressed")
@@ -61,7 +67,7 @@ class CompressedTransfer(Scenario):
         (mp, mname), (sp, sname) = (split_source(ctx.model_config.source),
                                     split_source(ctx.references["student"].source))
         if mp == sp == "zoo":
-            from ..registry import ZOO
+            from ..core.registry import ZOO
 
             if ZOO.get(sname).teacher != mname:
                 raise ScenarioNotApplicable(f"{sname} is not distilled from {mname}")
@@ -129,3 +135,18 @@ def predict(variant: Compressed, x: torch.Tensor, chunk: int = 500) -> torch.Ten
     """Top-1 predictions of the deployed model (on its own device), on the CPU."""
     return torch.cat([variant.target(x[i:i + chunk].to(variant.device)).argmax(1).cpu()
                       for i in range(0, len(x), chunk)])
+
+
+def transfer_heatmaps(table: pd.DataFrame) -> list[pk.Plot]:
+    """Transfer success rate, source variant x target variant, one heatmap per model/defense."""
+    rows = table[(table["metric"] == "transfer_success_rate")
+                 & pk.has(table, lambda p: "source" in p and "target" in p)]
+    rows = rows.assign(source=rows["p"].map(lambda p: str(p["source"])),
+                       target=rows["p"].map(lambda p: str(p["target"])))
+    return [pk.heatmap(f"{subject}: {scenario}", "Transfer",
+                    "transfer success rate (%), rows: crafted on, columns: evaluated on",
+                    group, "source", "target", ("crafted on", "evaluated on"))
+            for (subject, scenario), group in rows.groupby(["subject", "scenario"], sort=False)]
+
+
+PLOTS.register("transfer_heatmaps", transfer_heatmaps, order=50)

@@ -14,24 +14,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import ScenarioNotApplicable
-from ..metrics import Measurement, proportion
-from ..models import split_source
-from ..registry import ATTACKS, SCENARIOS
-from ..vit import capture_block_outputs, num_blocks
+from ..core.errors import ScenarioNotApplicable
+from ..core.metrics import Measurement, proportion, register_metric
+from ..core.registry import ATTACKS, SCENARIOS
+from ..models.sources import split_source
+from ..models.vit import capture_block_outputs, num_blocks
 from .base import CellContext, Scenario
 
 log = logging.getLogger(__name__)
 
 Craft = Callable[[torch.Tensor, int], torch.Tensor]
 """craft(images, seed) -> adversarial images."""
+
+
+register_metric("transfer_success_rate", higher_is_better=False, headline=True,
+                description="Attack success rate of examples crafted on another model")
 
 
 def feature_attack(source: nn.Module, x: torch.Tensor, layer: int, eps: float, alpha: float,
@@ -56,9 +60,10 @@ def feature_attack(source: nn.Module, x: torch.Tensor, layer: int, eps: float, a
 
 def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The pooled features before the classifier head."""
-    backbone = getattr(model, "backbone", model)
-    if hasattr(model, "mean"):  # NormalizedModel: normalize as its forward does
-        x = (x - model.mean) / model.std
+    timm_model: Any = model  # duck-typed: a timm model, or a NormalizedModel around one
+    backbone = getattr(timm_model, "backbone", timm_model)
+    if hasattr(timm_model, "mean"):  # NormalizedModel: normalize as its forward does
+        x = (x - timm_model.mean) / timm_model.std
     return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
 
 
@@ -98,7 +103,7 @@ class DTAScenario(Scenario):
             raise ScenarioNotApplicable("the evaluated model is the DTA source itself")
         (mp, mname), (sp, sname) = split_source(model.source), split_source(source.source)
         if mp == sp == "zoo":
-            from ..zoo import recipe_lineage
+            from ..models.zoo import recipe_lineage
 
             if sname not in recipe_lineage(mname)[1:]:
                 raise ScenarioNotApplicable(f"{model.name} is not fine-tuned from {sname}")

@@ -1,0 +1,81 @@
+"""The component contracts: what an attack and a defense implement (re-exported by `api`).
+
+Components are kw_only dataclasses; their fields are the YAML keys a suite may set.
+Images are float tensors in [0,1] pixel space; models take such images (normalization is inside).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Norm = Literal["Linf", "L2"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack:
+    """Base of attacks: `perturb` returns adversarial images in [0,1] for images `x`, labels `y`.
+
+    `threat_model` is (norm, eps) for bounded attacks, None for unbounded ones (patches); the
+    framework checks every output against it. `needs_gradients` marks white-box attacks, so a
+    non-differentiable defense can be flagged. `min_classes`: fewer classes make the cell skipped.
+    """
+
+    needs_gradients: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2
+
+    def threat_model(self) -> tuple[str, float] | None:
+        """(norm, eps) of the budget, or None when the attack is unbounded."""
+        norm, eps = getattr(self, "norm", "Linf"), getattr(self, "eps", None)
+        return None if eps is None else (norm, float(eps))
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                seed: int) -> torch.Tensor:
+        """Adversarial versions of `x` (same shape, in [0,1]); deterministic for `seed`."""
+        raise NotImplementedError
+
+    def perturb_with_stats(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                           seed: int) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+        """`perturb`, plus proportions the attack measures itself: {metric: (successes, n)}.
+
+        They replace the scenario's own metric of the same name (e.g. a patch attack's fooling rate
+        over (image, position) pairs replaces the per-image attack_success_rate).
+        """
+        return self.perturb(model, x, y, seed=seed), {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defense:
+    """Base of defenses: `apply` returns the defended model (still [0,1] images in, logits out).
+
+    `stage` is "inference" (wraps or edits a trained model) or "training" (the zoo fine-tunes the
+    base model with the defense applied, cached by content hash; `needs_training` may depend on a
+    field). `apply` receives a private copy and may edit it in place. Training hooks: `epochs`,
+    `lr` fields when present, and `training_loss` for extra loss terms. `differentiable` False
+    flags gradient-attack rows unless `attack_view` gives a differentiable stand-in to attack.
+    """
+
+    stage: ClassVar[Literal["inference", "training"]] = "inference"
+    differentiable: ClassVar[bool] = True
+
+    def needs_training(self) -> bool:
+        """Whether the zoo must fine-tune the base model with this defense."""
+        return self.stage == "training"
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """The defended model."""
+        return model
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      logits: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss term added while fine-tuning (None: plain cross-entropy)."""
+        return None
+
+    def attack_view(self, defended: nn.Module) -> nn.Module | None:
+        """A differentiable model for gradient attacks (e.g. the base classifier on random
+        ablations, attacked with EOT); None to attack `defended` itself."""
+        return None

@@ -1,0 +1,2 @@
+"""Layer 6 — execution: run a suite (run), evaluate one cell (evaluate), chunks, runners (local,
+Ray), progress bars, and gates over a run (gating)."""

@@ -1,0 +1,89 @@
+"""Training defenses in the zoo: a base recipe's model fine-tuned with a defense, cached by content
+hash."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.cache import cache_dir, file_lock, save_checkpoint
+from ..core.cells import ModelConfig, stable_hash
+from ..core.errors import ModelLoadError
+from ..core.params import to_plain
+from ..core.registry import ZOO
+from .sources import split_source
+from .training import TrainConfig, accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+DEFENSE_FORMAT = 1
+"""Bump when defense fine-tuning changes what it produces."""
+
+
+def _recipe_name(base: ModelConfig, defense: Any) -> str:
+    prefix, name = split_source(base.source)
+    if prefix != "zoo":
+        raise ModelLoadError(
+            f"{type(defense).__name__} is a training defense: the zoo fine-tunes the base model "
+            f"with it, so the model must be a zoo: recipe (got {base.source})")
+    return name
+
+
+def defended_path(base: ModelConfig, defense: Any) -> Path:
+    """Where the defended checkpoint of `base` lives in the cache."""
+    name = _recipe_name(base, defense)
+    key = stable_hash([DEFENSE_FORMAT, ZOO.get(name).recipe_hash(), type(defense).__name__,
+                       to_plain(defense)])
+    return cache_dir("zoo") / f"{name}+{type(defense).__name__}-{key}.safetensors"
+
+
+def _fresh(name: str, defense: Any) -> nn.Module:
+    recipe = ZOO.get(name)
+    model = recipe.build_untrained()
+    torch.manual_seed(recipe.seed + 1)  # new defense parameters are initialized reproducibly
+    return defense.apply(model)
+
+
+def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Path:
+    """Fine-tune `base` with `defense` unless cached; returns the checkpoint path."""
+    from .zoo import load_zoo_model
+
+    path = defended_path(base, defense)
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            return path
+        name = _recipe_name(base, defense)
+        recipe = ZOO.get(name)
+        trained = load_zoo_model(name, device).state_dict()
+        model = _fresh(name, defense).to(device)
+        missing = model.load_state_dict(trained, strict=False)
+        log.info("fine-tuning %s with %s (new: %s)", name, type(defense).__name__,
+                 ", ".join(missing.missing_keys[:6]) or "none")
+        cfg = TrainConfig(epochs=getattr(defense, "epochs", 10), batch_size=recipe.batch_size,
+                          lr=getattr(defense, "lr", 1e-3), weight_decay=recipe.weight_decay,
+                          seed=recipe.seed)
+        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
+                                   extra_loss=defense.training_loss)
+        test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
+        save_checkpoint(path, model, {
+            "base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
+            "test_accuracy": test_acc, "train_seconds": round(seconds, 2)})
+        log.info("%s + %s: test accuracy %.4f after %.1fs", name, type(defense).__name__,
+                 test_acc, seconds)
+    return path
+
+
+def load_defended_model(base: ModelConfig, defense: Any, device: torch.device) -> nn.Module:
+    """The base zoo model fine-tuned with a training defense (trained first when not cached)."""
+    from safetensors.torch import load_file
+
+    path = ensure_defended(base, defense, device)
+    model = _fresh(_recipe_name(base, defense), defense)
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()
