@@ -55,7 +55,8 @@ class Defense:
     `stage` is "inference" (wraps or edits a trained model) or "training" (the zoo fine-tunes the
     base model with the defense applied, cached by content hash; `needs_training` may depend on a
     field). `apply` receives a private copy and may edit it in place. Training hooks: `epochs`,
-    `lr` fields when present, and `training_loss` for extra loss terms. `differentiable` False
+    `lr` and `distill` (True: the undefended base model is the teacher of a distillation loss)
+    fields when present, and `training_loss` for extra loss terms. `differentiable` False
     flags gradient-attack rows unless `attack_view` gives a differentiable stand-in to attack.
     """
 

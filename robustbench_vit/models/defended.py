@@ -68,8 +68,10 @@ def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Pa
         cfg = TrainConfig(epochs=getattr(defense, "epochs", 10), batch_size=recipe.batch_size,
                           lr=getattr(defense, "lr", 1e-3), weight_decay=recipe.weight_decay,
                           seed=recipe.seed)
+        teacher = load_zoo_model(name, device).eval() if getattr(defense, "distill", False) \
+            else None
         seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
-                                   extra_loss=defense.training_loss)
+                                   teacher=teacher, extra_loss=defense.training_loss)
         test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
         save_checkpoint(path, model, {
             "base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
