@@ -28,6 +28,7 @@ from .core.errors import (
     ModelLoadError,
     RbvError,
     ScenarioNotApplicable,
+    UnsupportedModel,
 )
 from .core.metrics import Measurement, Metric, proportion, register_metric, wilson_interval
 from .core.params import ParamError
@@ -43,6 +44,8 @@ from .core.registry import (
     ZOO,
 )
 from .data.corruptions import corrupt_batch
+from .models.adapters import FamilyAdapter, Stage, adapter_for, arranged, check_same_shapes
+from .models.adapters.attention import tempered
 from .models.sources import NormalizedModel
 from .models.vit import backbone_of, capture_block_outputs, num_blocks, patch_size
 from .results.table import DEFENSE_PARAMS, LONG_COLUMNS
@@ -94,6 +97,13 @@ __all__ = [
     "SCENARIOS",
     "Scenario",
     "ScenarioNotApplicable",
+    "Stage",
+    "UnsupportedModel",
+    "FamilyAdapter",
+    "adapter_for",
+    "arranged",
+    "check_same_shapes",
+    "tempered",
     "ZOO",
     "backbone_of",
     "canonical_json",

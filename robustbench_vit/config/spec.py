@@ -57,6 +57,8 @@ class ModelSpec(_Strict):
     pretrained: bool = False
     arch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    family: str | None = None
+    """Model-family adapter (`rbv ls families`) when the timm class does not identify it."""
     defenses: list[str | dict[str, Any]] = Field(default_factory=_undefended, min_length=1)
     data: dict[str, Any] = Field(default_factory=dict)
     """Dataset fields this model is evaluated with instead of the suite's (e.g. a downstream

@@ -16,6 +16,7 @@ from ..core.errors import SuiteError, UnknownNameError
 from ..core.params import ParamError, field_names, to_plain, validate_params
 from ..core.plugins import load_plugins
 from ..core.registry import DATASETS, DEFENSES, METRICS, SCENARIOS, scenario_class
+from ..models.adapters import ADAPTERS
 from ..models.sources import model_fingerprint, model_problems, resolve_path, split_source
 from .spec import GatesSpec, SuiteSpec, error_problems
 
@@ -138,8 +139,13 @@ def _build_data(spec: SuiteSpec, overrides: dict[str, Any], where: str,
 
 def _build_model(m: Any, i: int, base_dir: Path, problems: _Problems) -> ModelConfig:
     cfg = ModelConfig(name=m.name, source=m.source, pretrained=m.pretrained, arch=m.arch,
-                      kwargs=m.kwargs)
+                      kwargs=m.kwargs, family=m.family)
     found = model_problems(cfg, base_dir)
+    if m.family is not None and m.family not in ADAPTERS:
+        close = ADAPTERS.suggest(m.family)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        found = [*found, ("family", f"unknown model family {m.family!r}{hint} "
+                                    f"(known: {', '.join(ADAPTERS.names())})")]
     for fld, msg in found:
         problems.add(f"models[{i}].{fld}", msg)
     if found:

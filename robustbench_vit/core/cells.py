@@ -31,6 +31,8 @@ class ModelConfig:
     arch: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    family: str | None = None
+    """The model-family adapter to use instead of the one chosen by the timm class."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +49,8 @@ def _weights(model: ModelConfig) -> dict[str, Any]:
     """What identifies a model's numbers: everything but its display name."""
     out = asdict(model)
     out.pop("name")
+    if out.get("family") is None:  # unset optional fields leave existing cell keys unchanged
+        out.pop("family", None)
     return out
 
 

@@ -52,6 +52,11 @@ class ScenarioNotApplicable(RbvError):
     skipped."""
 
 
+class UnsupportedModel(ScenarioNotApplicable):
+    """A defense or scenario cannot handle this model family (the message says why); the cell is
+    stored as skipped, and the plan lists it before anything runs."""
+
+
 class MissingDependencyError(RbvError):
     """An optional package a component needs is not installed (the message says how to)."""
 

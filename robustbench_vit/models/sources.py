@@ -244,4 +244,7 @@ def model_fingerprint(cfg: ModelConfig, base_dir: Path) -> str:
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> NormalizedModel:
     """The model a config names, wrapped, in eval mode, on `device`."""
-    return SOURCES.get(split_source(cfg.source)[0])().build(cfg, torch.device(device))
+    model = SOURCES.get(split_source(cfg.source)[0])().build(cfg, torch.device(device))
+    if cfg.family is not None:
+        model.rbv_family = cfg.family  # type: ignore[assignment]  # read by adapter_for
+    return model

@@ -1,0 +1,34 @@
+"""ConViT: gated positional self-attention blocks, then MHSA blocks after the CLS token joins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..base import FamilyAdapter, Stage, pair, register_adapter, single_stage
+
+
+@register_adapter
+class ConvitAdapter(FamilyAdapter):
+    """The CLS token is concatenated before block `local_up_to_layer`, inside the block loop."""
+
+    family = "convit"
+    timm_classes = ("ConVit",)
+    attention_classes = ("GPSA", "MHSA")
+    head_reads = "CLS token"
+
+    def stages(self, net: Any) -> list[Stage]:
+        return single_stage(net)
+
+    def reorder_reason(self, net: Any) -> str:
+        return (f"ConViT inserts the CLS token before block {net.local_up_to_layer} inside its "
+                "block loop: GPSA blocks before it and MHSA blocks after it take different token "
+                "sequences, and removing blocks would drop the CLS token")
+
+    def token_grid(self, net: Any, attn: nn.Module) -> tuple[int, tuple[int, int]]:
+        prefix = 1 if type(attn).__name__ == "MHSA" else 0
+        return prefix, pair(net.patch_embed.grid_size)
+
+    def patch_size(self, net: Any) -> tuple[int, int]:
+        return pair(net.patch_embed.patch_size)
