@@ -1,4 +1,11 @@
-"""TAP + ADL (Guo et al. 2023): token-aware pooled attention inputs, attention-diversity loss."""
+"""TAP + ADL (Guo et al. 2023): token-aware pooled attention inputs, attention-diversity loss.
+
+ADL works on every family with attention: each attention module (all stages, per the family
+adapter) records its head-averaged probabilities in training forward passes. TAP pools the input
+of an attention module over its patch-token grid, so it needs the adapter's `token_grid` for every
+attention module (ViT, DeiT, BEiT, EVA-02, CaiT, ConViT, XCiT); for the other families `tap: true`
+raises UnsupportedModel and `tap: false` gives ADL alone.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Defense, backbone_of, register_defense
+from robustbench_vit.api import (
+    Defense,
+    FamilyAdapter,
+    UnsupportedModel,
+    adapter_for,
+    register_defense,
+    tempered,
+)
 
-from .temperature_scaling import PatchedAttention, attention_modules, patch_attention
+from .temperature_scaling import tempered_modules
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +57,10 @@ class TokenAwarePooling(nn.Module):
         self.dilations = tuple(dilations)
         self.num_prefix_tokens = num_prefix_tokens
         self.grid_size = tuple(grid_size)
-        self.predictor = nn.Sequential(
-            nn.Conv2d(dim, k, 3, padding=1, bias=False),
-            nn.BatchNorm2d(k),
-            nn.Conv2d(k, k, 3, padding=1, bias=False),
-        )
-        nn.init.zeros_(self.predictor[2].weight)
+        first = nn.Conv2d(dim, k, 3, padding=1, bias=False)
+        last = nn.Conv2d(k, k, 3, padding=1, bias=False)
+        nn.init.zeros_(last.weight)
+        self.predictor = nn.Sequential(first, nn.BatchNorm2d(k), last)
 
     def branch_weights(self, grid: torch.Tensor) -> torch.Tensor:
         """Per-token branch weights (B, K, H, W), summing to 1 over K."""
@@ -72,27 +84,54 @@ class TokenAwarePooling(nn.Module):
 
 
 def attention_diversification(maps: list[torch.Tensor]) -> torch.Tensor:
-    """ADL: mean over blocks of the mean cosine between each attention row and the mean row.
+    """ADL: mean over modules of the mean cosine between each attention row and the mean row.
 
-    `maps` are head-averaged attention probabilities (B, N, N); entries ≤ 2/N are zeroed in the
-    rows and in the mean row before the cosine.
+    `maps` are head-averaged attention probabilities (B, N, M); entries ≤ 2/M are zeroed in the
+    rows and in the mean row before the cosine. Maps with a single row (class attention: the CLS
+    query alone) have no diversity to measure and are left out.
     """
     sims = []
     for m in maps:
+        if m.shape[-2] < 2:
+            continue
         n = m.shape[-1]
         mean_row = m.mean(dim=1, keepdim=True)
         m = m * (m > 2.0 / n)
         mean_row = mean_row * (mean_row > 2.0 / n)
         sims.append(F.cosine_similarity(m, mean_row.expand_as(m), dim=-1, eps=1e-8).mean())
+    if not sims:
+        raise ValueError("ADL needs an attention map with more than one query row")
     return torch.stack(sims).mean()
 
 
-def patched_attention(model: nn.Module) -> list[PatchedAttention]:
-    """The patched attention modules of `model` (after `TapAdl.apply`)."""
-    modules = attention_modules(model)
-    if not all(isinstance(m, PatchedAttention) for m in modules):
-        raise ValueError(f"{type(model).__name__} was not prepared by tap_adl.apply")
-    return modules  # type: ignore[return-value]
+def input_width(attn: nn.Module) -> int:
+    """Channels C of the (B, N, C) input of `attn`: the in_features of its first projection
+    (qkv, qk (ConViT GPSA), q (CaiT / XCiT class attention, Twins), q_proj (unfused EVA)), else
+    its `dim`."""
+    for name in ("qkv", "qk", "q", "q_proj"):
+        proj = getattr(attn, name, None)
+        if isinstance(proj, nn.Linear):
+            return proj.in_features
+    dim = getattr(attn, "dim", None)
+    if isinstance(dim, int):
+        return dim
+    raise UnsupportedModel(f"{type(attn).__name__}: the width of its input is not known, "
+                           "TAP cannot be built for it; `tap: false` gives ADL alone")
+
+
+def token_aware_pooling(adapter: FamilyAdapter, net: nn.Module,
+                        modules: list[nn.Module]) -> list[nn.Module]:
+    """A fresh TokenAwarePooling for the input of each of `modules` of `net`; UnsupportedModel
+    (saying that `tap: false` gives ADL alone) when the family has no token grid for one."""
+    taps: list[nn.Module] = []
+    for attn in modules:
+        try:
+            prefix, grid = adapter.token_grid(net, attn)
+        except UnsupportedModel as exc:
+            raise UnsupportedModel(f"tap_adl: TAP cannot pool the input of {type(attn).__name__}: "
+                                   f"{exc}; `tap: false` gives ADL alone") from exc
+        taps.append(TokenAwarePooling(input_width(attn), prefix, grid))
+    return taps
 
 
 @register_defense("tap_adl")
@@ -112,29 +151,28 @@ class TapAdl(Defense):
     lr: Annotated[float, Field(gt=0)] = 1e-3
 
     def apply(self, model: nn.Module) -> nn.Module:
-        attention_modules(model)  # ValueError for models without timm attention blocks
-        backbone = backbone_of(model)
-        taps = None
-        if self.tap:
-            grid = tuple(backbone.patch_embed.grid_size)
-            prefix = int(getattr(backbone, "num_prefix_tokens", 1))
-            taps = [TokenAwarePooling(block.attn.qkv.in_features, prefix, grid)
-                    for block in backbone.blocks]
-        for attn in patch_attention(model, taps=taps):
-            attn.record_attention = self.adl_weight > 0
+        adapter, net = adapter_for(model)
+        modules = adapter.attention_modules(net)  # UnsupportedModel without attention
+        taps = token_aware_pooling(adapter, net, modules) if self.tap else [None] * len(modules)
+        for attn, tap in zip(modules, taps, strict=True):  # nothing changes before this loop
+            tempered(attn, temperature=1.0, tap=tap, record=self.adl_weight > 0)
+        log.debug("tap_adl: %d attention modules, TAP %s", len(modules), self.tap)
         return model
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor | None:
         if self.adl_weight == 0:
             return None
-        modules = patched_attention(model)
-        if any(m.last_attn is None for m in modules):  # `logits` came from an eval-mode pass
-            was_training = model.training
+        modules = tempered_modules(model)
+        if any(getattr(m, "last_attn", None) is None for m in modules):
+            was_training = model.training  # `logits` came from an eval-mode pass
             model.train()
             model(x)
             model.train(was_training)
-        maps = [m.last_attn for m in modules]
+        maps = [getattr(m, "last_attn", None) for m in modules]
         for m in modules:
-            m.last_attn = None  # drop the graph reference once consumed
+            m.last_attn = None  # type: ignore[assignment]  # drop the graph reference
+        missing = [type(m).__name__ for m, a in zip(modules, maps, strict=True) if a is None]
+        if missing:
+            raise RuntimeError(f"tap_adl: attention modules {missing} recorded no maps")
         return self.adl_weight * attention_diversification(maps)  # type: ignore[arg-type]

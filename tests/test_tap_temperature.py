@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
+from timm.layers import Attention
 from torch import nn
 
 from defenses.tap_adl import (
@@ -15,9 +18,9 @@ from defenses.tap_adl import (
     TokenAwarePooling,
     attention_diversification,
     dilated_average,
-    patched_attention,
 )
-from defenses.temperature_scaling import TemperatureScaling
+from defenses.temperature_scaling import TemperatureScaling, tempered_modules
+from robustbench_vit.api import UnsupportedModel, tempered
 from robustbench_vit.models.vit import backbone_of
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def recorded_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Head-averaged attention maps of every block for `x` (eval-mode model, recording them)."""
-    modules = patched_attention(model)
+    modules = tempered_modules(model)
     model.eval()
     for m in modules:
         m.record_attention = True
@@ -72,7 +75,7 @@ def test_explicit_path_matches_fused(digits_model: nn.Module, digits_batch: Batc
     tempered = TemperatureScaling(temperature=3.0).apply(copy.deepcopy(digits_model)).eval()
     with torch.no_grad():
         fused = tempered(x)
-        for m in patched_attention(tempered):
+        for m in tempered_modules(tempered):
             m.fused_attn = False
         assert torch.allclose(tempered(x), fused, atol=1e-5)
 
@@ -92,6 +95,44 @@ def test_temperature_keeps_gradients(digits_model: nn.Module, digits_batch: Batc
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def old_fused_forward(attn: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                      is_causal: bool = False, *, temperature: float) -> torch.Tensor:
+    """The removed PatchedAttention's fused eval forward (no gate): SDPA at scale d^−½ / T."""
+    b, n, _ = x.shape
+    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                         scale=attn.scale / temperature)
+    return attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, attn.attn_dim)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64 sees a 1-ulp scale
+@pytest.mark.parametrize("head_dim", [8, 12, 16, 24, 32])  # all but 16: 1/√d ≠ d ** -0.5
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 3.0])
+def test_tempered_sdpa_is_the_old_scale_bit_for_bit(head_dim: int, temperature: float,
+                                                    dtype: torch.dtype) -> None:
+    torch.manual_seed(head_dim)
+    attn = Attention(dim=2 * head_dim, num_heads=2).to(dtype).eval()
+    assert attn.fused_attn and attn.scale == head_dim ** -0.5
+    x = torch.randn(3, 17, 2 * head_dim, dtype=dtype)
+    with torch.no_grad():
+        expected = old_fused_forward(attn, x, temperature=temperature)
+        assert torch.equal(tempered(attn, temperature=temperature)(x), expected)
+
+
+def test_digits_temperature_is_the_old_defense_bit_for_bit(digits_model: nn.Module,
+                                                           digits_batch: Batch) -> None:
+    x = digits_batch[0]
+    old = copy.deepcopy(digits_model).eval()
+    for block in backbone_of(old).blocks:
+        block.attn.forward = functools.partial(old_fused_forward, block.attn, temperature=2.0)
+    new = TemperatureScaling(temperature=2.0).apply(copy.deepcopy(digits_model)).eval()
+    assert len(tempered_modules(new)) == len(backbone_of(new).blocks)
+    with torch.no_grad():
+        assert torch.equal(new(x), old(x))
+
+
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_temperature_must_be_positive(temperature: float) -> None:
     with pytest.raises(ValueError):
@@ -100,9 +141,9 @@ def test_temperature_must_be_positive(temperature: float) -> None:
 
 def test_models_without_attention_blocks_are_refused() -> None:
     cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-    with pytest.raises(ValueError, match="Sequential"):
+    with pytest.raises(UnsupportedModel, match="no attention modules known for Sequential"):
         TemperatureScaling().apply(cnn)
-    with pytest.raises(ValueError, match="Sequential"):
+    with pytest.raises(UnsupportedModel, match="no attention modules known for Sequential"):
         TapAdl().apply(cnn)
 
 
@@ -155,6 +196,15 @@ def test_tap_changes_the_attention_input(digits_model: nn.Module, digits_batch: 
     model = TapAdl().apply(copy.deepcopy(digits_model)).eval()
     with torch.no_grad():
         assert not torch.allclose(model(x), digits_model(x), atol=1e-3)
+
+
+def test_tap_state_dict_keys_are_unchanged(digits_model: nn.Module) -> None:
+    model = TapAdl().apply(copy.deepcopy(digits_model))
+    added = set(model.state_dict()) - set(digits_model.state_dict())
+    depth = len(backbone_of(model).blocks)
+    assert added and all(".attn.tap.predictor." in k for k in added)
+    assert {k.split(".attn.tap.")[0] for k in added} == \
+        {f"backbone.blocks.{i}" for i in range(depth)}
 
 
 def test_adl_lower_for_uniform_than_peaked_attention() -> None:

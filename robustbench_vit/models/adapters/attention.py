@@ -14,7 +14,6 @@ Recorded maps are the head-averaged probabilities of the module's first softmax 
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -62,7 +61,8 @@ class AttentionMode(TorchFunctionMode):
               attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
               is_causal: bool = False, scale: float | None = None, **extra: Any) -> torch.Tensor:
         t = self.temperature
-        scale = (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale) / t
+        # SDPA's default, written as timm does (head_dim ** -0.5): bit-identical to self.scale
+        scale = (q.shape[-1] ** -0.5 if scale is None else scale) / t
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             attn_mask = attn_mask / t
         if not self.record:
@@ -112,12 +112,17 @@ _SUBCLASSES: dict[type, type] = {}
 
 def tempered(attn: nn.Module, *, temperature: float = 1.0, tap: nn.Module | None = None,
              record: bool = False) -> nn.Module:
-    """Give `attn` a temperature, an optional input transform and map recording, in place."""
+    """Give `attn` a temperature, an optional input transform and map recording, in place.
+
+    The new class keeps the name of the original one (adapters find attention modules by class
+    name, and a tempered model is tempered again or scanned for its maps the same way); its
+    `_rbv_tempered` attribute tells it apart.
+    """
     cls = type(attn)
     if not getattr(cls, "_rbv_tempered", False):
         if cls not in _SUBCLASSES:
-            _SUBCLASSES[cls] = type(f"Tempered{cls.__name__}", (TemperedAttention, cls),
-                                    {"__module__": __name__})
+            _SUBCLASSES[cls] = type(cls.__name__, (TemperedAttention, cls),
+                                    {"__module__": __name__, "__qualname__": cls.__qualname__})
         attn.__class__ = _SUBCLASSES[cls]
     attn.attn_temperature = float(temperature)  # type: ignore[assignment]
     if tap is not None or "tap" not in attn._modules:
