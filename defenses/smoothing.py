@@ -1,28 +1,53 @@
-"""Derandomized smoothing of a ViT against patches: column or block ablations vote
-(Salman et al. 2022).
+"""Derandomized smoothing against patches: column or block ablations vote (Salman et al. 2022).
 
 Every ablation keeps a band of `size` columns (or a `size`×`size` block), wrapping around the image,
 and zeroes the other pixels in [0,1] space. The smoothed model returns the votes of all ablation
-positions (stride `stride`) per class. With token dropping, only the tokens whose patch holds a
-retained pixel (plus the prefix tokens) run through the encoder, after the position embeddings are
-added; the reference path runs the full sequence with the dropped tokens masked out of attention,
-which is the same function, so both give the same votes. See `robustbench_vit.scenarios.certify`.
+positions (stride `stride`) per class.
+
+The base classifier depends on the model, never on `token_dropping`:
+
+- A ViT whose family adapter says dropping fully ablated patch tokens is exact (timm
+  VisionTransformer / VisionTransformerDistilled with a plain stride-p patch convolution, a fixed
+  image size and token or avg pooling) classifies the kept tokens only: the prefix tokens and the
+  tokens whose patch holds a retained pixel, read by the model's own head (both heads of a
+  distilled DeiT; avg pooling averages the kept patch tokens). The reference path runs the full
+  sequence with the dropped tokens masked out of attention; with `token_dropping` only the kept
+  tokens are embedded and encoded, which is the same function, so both give the same votes.
+- Every other image classifier (hierarchical ViTs, CNNs, ...) is the model itself on the
+  pixel-ablated image, `model(x * mask)`; `token_dropping` does not apply to it.
+
+See `robustbench_vit.scenarios.certify` for the certificate.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Defense, ModelLoadError, NormalizedModel, register_defense
+from robustbench_vit.api import (
+    Defense,
+    FamilyAdapter,
+    NormalizedModel,
+    UnsupportedModel,
+    adapter_for,
+    register_defense,
+)
+
+log = logging.getLogger(__name__)
 
 Ablation = Literal["column", "block"]
 CHUNK = 4096
-"""Ablated images per forward pass (bounds memory, keeps forwards large)."""
+"""Ablated images per forward pass of the kept-token classifier (bounds memory, keeps forwards
+large)."""
+PIXEL_CHUNK = 512
+"""Ablated images per forward pass of a model on full-size pixel-ablated images (their
+activations, at the model's resolution, bound the memory)."""
 
 
 def ablation_positions(
@@ -57,35 +82,71 @@ def ablation_masks(
     return masks
 
 
-class SmoothedViT(nn.Module):
-    """Ablation-voting ViT: eval mode returns votes (B, classes); train mode one random ablation.
+def token_path_reason(adapter: FamilyAdapter, net: nn.Module, backbone: nn.Module) -> str | None:
+    """None when the kept-token classifier applies to `backbone`, else why the pixel-space base
+    classifier `model(x * mask)` is used instead."""
+    if net is not backbone:
+        return f"the backbone is a {type(backbone).__name__} wrapper around the timm network"
+    reason = adapter.token_dropping(net)
+    if reason is not None:
+        return reason
+    names = getattr(adapter, "prefix_token_names", None)
+    if names is None:
+        return f"{adapter.family}: the adapter names no prefix tokens"
+    widths = sum(int(getattr(net, name).shape[1]) for name in names(net))
+    if widths != getattr(net, "num_prefix_tokens", -1):
+        return (f"{adapter.family}: prefix tokens {names(net)} hold {widths} tokens, the model "
+                f"{getattr(net, 'num_prefix_tokens', None)}")
+    return None
 
-    Holds the backbone and normalization buffers under the same names as `NormalizedModel`, so a
-    checkpoint of either loads into the other.
+
+class SmoothedViT(nn.Module):
+    """Ablation-voting classifier: eval mode returns votes (B, classes); train mode the logits of
+    one random ablation.
+
+    Works on any NormalizedModel-wrapped image classifier (see the module docstring for the base
+    classifier). Holds the backbone and normalization buffers under the same names as
+    `NormalizedModel`, so a checkpoint of either loads into the other.
     """
+
+    backbone: nn.Module
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(
         self, model: nn.Module, *, ablation: Ablation, size: int, stride: int, token_dropping: bool
     ):
         super().__init__()
         for name in ("backbone", "mean", "std"):
-            if not hasattr(model, name):
-                raise ModelLoadError(
-                    f"smoothing needs a normalized timm ViT; {type(model).__name__} has no {name!r}"
+            if not isinstance(getattr(model, name, None), (nn.Module, torch.Tensor)):
+                raise UnsupportedModel(
+                    "smoothing ablates [0,1] pixels before the model's normalization, so it "
+                    f"needs a NormalizedModel-wrapped classifier; {type(model).__name__} has no "
+                    f"{name!r}"
                 )
-        self.backbone = model.backbone
+        adapter, net = adapter_for(model)
+        wrapped: Any = model
+        self.backbone = wrapped.backbone
         self.data_config = dict(getattr(model, "data_config", {}))
-        self.register_buffer("mean", model.mean.clone(), persistent=False)
-        self.register_buffer("std", model.std.clone(), persistent=False)
+        self.register_buffer("mean", wrapped.mean.clone(), persistent=False)
+        self.register_buffer("std", wrapped.std.clone(), persistent=False)
         self.ablation, self.size, self.stride = ablation, size, stride
         self.token_dropping = token_dropping
-        self.patch = _patch_size(self.backbone)
-        self.pool = getattr(self.backbone, "global_pool", "token")
-        if (
-            self.pool not in ("token", "avg")
-            or getattr(self.backbone, "attn_pool", None) is not None
-        ):
-            raise ModelLoadError(f"smoothing supports token or avg pooling, not {self.pool!r}")
+        self.family = adapter.family
+        self.token_reason = token_path_reason(adapter, net, self.backbone)
+        self.tokens = self.token_reason is None
+        """Whether the base classifier reads the kept tokens (else: the model on ablated pixels)."""
+        self.patch: tuple[int, int] | None = None
+        self.prefix_names: list[str] = []
+        self.pool = ""
+        if self.tokens:
+            self.patch = adapter.patch_size(net)
+            self.prefix_names = list(adapter.prefix_token_names(net))  # type: ignore[attr-defined]
+            self.pool = str(getattr(net, "global_pool", "token"))
+        elif token_dropping:
+            log.debug("smoothing: token dropping is not used for %s (%s); the base classifier is "
+                      "the model on pixel-ablated images", type(self.backbone).__name__,
+                      self.token_reason)
 
     def positions(self, height: int, width: int) -> list[tuple[int, int]]:
         """Every ablation position for images of this size."""
@@ -103,43 +164,70 @@ class SmoothedViT(nn.Module):
             return self.ablated_logits(x, positions[pick])
         return self.votes(x)
 
-    def ablated_logits(self, x: torch.Tensor, position: tuple[int, int]) -> torch.Tensor:
+    def ablated_logits(
+        self, x: torch.Tensor, position: tuple[int, int], token_dropping: bool | None = None
+    ) -> torch.Tensor:
         """Logits of the base classifier on one ablation of every image (differentiable in x)."""
-        mask = ablation_masks(self.ablation, self.size, [position], *x.shape[-2:], device=x.device)
-        return self._classify(x * mask[:, None], mask.expand(len(x), -1, -1))
+        height, width = x.shape[-2:]
+        mask = ablation_masks(self.ablation, self.size, [position], height, width, x.device)
+        return self._classify(x * mask[:, None], mask.expand(len(x), -1, -1), token_dropping)
 
     @torch.no_grad()
     def votes(self, x: torch.Tensor, token_dropping: bool | None = None) -> torch.Tensor:
         """Vote counts (B, classes) as floats: each ablation position votes for its top-1 class."""
-        dropping = self.token_dropping if token_dropping is None else token_dropping
         positions = self.positions(*x.shape[-2:])
-        masks = ablation_masks(self.ablation, self.size, positions, *x.shape[-2:], device=x.device)
-        # (A*B) ablated images, ablation-major; grouped by kept-token count when dropping tokens
-        keep = self._kept_tokens(masks)
-        groups = [torch.arange(len(positions), device=x.device)]
-        if dropping:
-            counts = keep.sum(1)
-            groups = [torch.nonzero(counts == k).flatten() for k in counts.unique()]
         preds = torch.empty(len(positions), len(x), dtype=torch.long, device=x.device)
-        per = max(1, CHUNK // max(len(x), 1))
-        fast = dropping and self._fast_embed_ok()
-        for group in groups:
-            for part in group.split(per):
-                m = masks[part]
-                if fast:
-                    index = torch.nonzero(keep[part])[:, 1].view(len(part), -1)
-                    logits = self._encode(self._embed_kept(x, m, index), None, None)
-                else:
-                    images = (x[None] * m[:, None, None]).flatten(0, 1)
-                    pixel_masks = m[:, None].expand(-1, len(x), -1, -1).flatten(0, 1)
-                    logits = self._classify(images, pixel_masks, drop=dropping)
-                preds[part] = logits.argmax(1).view(len(part), len(x))
-        classes = self.backbone.num_classes
+        classes = 0
+        for part, logits in self._logit_chunks(x, token_dropping):
+            preds[part] = logits.argmax(1).view(len(part), len(x))
+            classes = logits.shape[-1]
         votes = torch.zeros(len(x), classes, device=x.device)
         return votes.scatter_add_(1, preds.T, torch.ones_like(preds.T, dtype=votes.dtype))
 
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, token_dropping: bool | None = None) -> torch.Tensor:
+        """Logits (A, B, classes) of the base classifier on every ablation of every image (for
+        checks on small inputs; `votes` keeps only the top-1 class of each)."""
+        positions = self.positions(*x.shape[-2:])
+        out: torch.Tensor | None = None
+        for part, logits in self._logit_chunks(x, token_dropping):
+            chunk = logits.view(len(part), len(x), -1)
+            if out is None:
+                out = chunk.new_empty(len(positions), len(x), chunk.shape[-1])
+            out[part] = chunk
+        assert out is not None
+        return out
+
+    def _logit_chunks(
+        self, x: torch.Tensor, token_dropping: bool | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(ablation indices, logits (len(indices)*B, classes)) over all ablation positions,
+        ablation-major; grouped by kept-token count when dropping tokens."""
+        dropping = self.tokens and (self.token_dropping if token_dropping is None
+                                    else token_dropping)
+        height, width = x.shape[-2:]
+        positions = self.positions(height, width)
+        masks = ablation_masks(self.ablation, self.size, positions, height, width, x.device)
+        groups = [torch.arange(len(positions), device=x.device)]
+        keep = self._kept_tokens(masks) if dropping else None
+        if keep is not None:
+            counts = keep.sum(1)
+            groups = [torch.nonzero(counts == k).flatten() for k in counts.unique()]
+        per = max(1, (CHUNK if self.tokens else PIXEL_CHUNK) // max(len(x), 1))
+        for group in groups:
+            for part in group.split(per):
+                m = masks[part]
+                if keep is not None:
+                    index = torch.nonzero(keep[part])[:, 1].view(len(part), -1)
+                    yield part, self._encode(self._embed_kept(x, m, index), None, None)
+                else:
+                    images = (x[None] * m[:, None, None]).flatten(0, 1)
+                    pixel_masks = m[:, None].expand(-1, len(x), -1, -1).flatten(0, 1)
+                    yield part, self._classify(images, pixel_masks, drop=False)
+
     def _kept_tokens(self, masks: torch.Tensor) -> torch.Tensor:
         """(N, tokens) bool: the patches that hold at least one retained pixel."""
+        assert self.patch is not None
         pooled = nn.functional.max_pool2d(masks[:, None], self.patch, self.patch)
         return pooled.flatten(1) > 0
 
@@ -147,9 +235,12 @@ class SmoothedViT(nn.Module):
         self, images: torch.Tensor, masks: torch.Tensor, drop: bool | None = None
     ) -> torch.Tensor:
         """Logits of ablated `images` whose retained pixels are `masks` (N, H, W)."""
+        normalized = (images - self.mean) / self.std
+        if not self.tokens:
+            return self._logits(self.backbone(normalized))
         drop = self.token_dropping if drop is None else drop
-        vit = self.backbone
-        tokens = vit._pos_embed(vit.patch_embed((images - self.mean) / self.std))
+        vit: Any = self.backbone
+        tokens = vit._pos_embed(vit.patch_embed(normalized))
         prefix = vit.num_prefix_tokens
         keep = self._kept_tokens(masks)
         keep = torch.cat([keep.new_ones(len(keep), prefix), keep], 1)
@@ -165,68 +256,72 @@ class SmoothedViT(nn.Module):
     def _encode(
         self, tokens: torch.Tensor, keep: torch.Tensor | None, attn_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Blocks, final norm, pooling (over kept patch tokens for avg) and head."""
-        vit = self.backbone
+        """Blocks, final norm and the model's head (avg pooling over kept patch tokens)."""
+        vit: Any = self.backbone
         tokens = vit.norm_pre(vit.patch_drop(tokens))
         for block in vit.blocks:
             tokens = block(tokens, attn_mask=attn_mask) if attn_mask is not None else block(tokens)
-        tokens = vit.norm(tokens)
-        prefix = vit.num_prefix_tokens
-        if self.pool == "token":
-            pooled = tokens[:, 0]
-        elif keep is None:
-            pooled = tokens[:, prefix:].mean(1)
+        return self._head(vit.norm(tokens), keep)
+
+    def _head(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The model's own head on encoded tokens; avg pooling averages only the kept tokens
+        (`keep` (N, tokens) bool; None: all of them)."""
+        vit: Any = self.backbone
+        if self.pool != "avg":
+            return self._logits(vit.forward_head(tokens))
+        start = 0 if getattr(vit, "pool_include_prefix", False) else vit.num_prefix_tokens
+        if keep is None:
+            pooled = tokens[:, start:].mean(1)
         else:
-            weights = keep[:, prefix:, None].to(tokens.dtype)
-            pooled = (tokens[:, prefix:] * weights).sum(1) / weights.sum(1).clamp_min(1)
+            weights = keep[:, start:, None].to(tokens.dtype)
+            pooled = (tokens[:, start:] * weights).sum(1) / weights.sum(1).clamp_min(1)
         return vit.head(vit.head_drop(vit.fc_norm(pooled)))
 
-    def _fast_embed_ok(self) -> bool:
-        """Whether the patch embedding is a plain stride-p convolution (then `_embed_kept`
-        applies)."""
-        embed = self.backbone.patch_embed
-        proj = getattr(embed, "proj", None)
-        return (
-            isinstance(proj, nn.Conv2d)
-            and proj.padding == (0, 0)
-            and proj.groups == 1
-            and proj.stride == (self.patch, self.patch)
-            and getattr(embed, "flatten", False)
-            and not getattr(self.backbone, "dynamic_img_size", False)
-        )
+    @staticmethod
+    def _logits(out: Any) -> torch.Tensor:
+        """Logits of a forward: a distilled model in distillation training returns both heads,
+        which inference averages."""
+        if isinstance(out, tuple):
+            return (out[0] + out[1]) / 2
+        return out
 
     def _embed_kept(
         self, x: torch.Tensor, masks: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
-        """Prefix plus kept patch tokens with position embeddings, ablation-major (A*B, 1+k, D).
+        """Prefix plus kept patch tokens with position embeddings, ablation-major (A*B, P+k, D).
 
         Embeds only the kept patches (the stride-p convolution as a matrix product), so no
         full-size ablated image is built; `index` (A, k) lists each ablation's kept patches.
         """
-        vit, p = self.backbone, self.patch
+        vit: Any = self.backbone
+        assert self.patch is not None
+        ph, pw = self.patch
         proj = vit.patch_embed.proj
         channels = x.shape[1]
-        patches = nn.functional.unfold(x, p, stride=p).transpose(1, 2)  # (B, N, C*p*p)
-        pix = nn.functional.unfold(masks[:, None], p, stride=p).transpose(1, 2)  # (A, N, p*p)
+        patches = nn.functional.unfold(x, self.patch, stride=self.patch).transpose(1, 2)
+        pix = nn.functional.unfold(masks[:, None], self.patch, stride=self.patch).transpose(1, 2)
         pix = pix.gather(1, index[..., None].expand(-1, -1, pix.shape[-1])).repeat(1, 1, channels)
-        mean = self.mean.flatten().repeat_interleave(p * p)
-        std = self.std.flatten().repeat_interleave(p * p)
-        kept = patches[:, index] * pix[None]  # (B, A, k, C*p*p)
+        mean = self.mean.flatten().repeat_interleave(ph * pw)
+        std = self.std.flatten().repeat_interleave(ph * pw)
+        kept = patches[:, index] * pix[None]  # (B, A, k, C*ph*pw)
         emb = ((kept - mean) / std).transpose(0, 1).flatten(0, 1) @ proj.weight.flatten(1).T
         emb = vit.patch_embed.norm(emb + proj.bias if proj.bias is not None else emb)
-        prefix = vit.num_prefix_tokens
-        pos = vit.pos_embed[0] if vit.pos_embed is not None else None
-        flat_index = index.repeat_interleave(len(x), 0)
-        heads = [
-            t.expand(len(emb), -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None
-        ]
-        head = torch.cat(heads, 1) if heads else emb[:, :0]
-        if pos is not None:
-            offset = 0 if vit.no_embed_class else prefix
-            emb = emb + pos[flat_index + offset]
-            if not vit.no_embed_class:
-                head = head + pos[:prefix]
-        return vit.pos_drop(torch.cat([head, emb], 1))
+        prefix = self._prefix_tokens(len(emb))
+        if vit.pos_embed is not None:
+            offset = 0 if vit.no_embed_class else prefix.shape[1]
+            emb = emb + vit.pos_embed[0][index.repeat_interleave(len(x), 0) + offset]
+        return vit.pos_drop(torch.cat([prefix, emb], 1))
+
+    def _prefix_tokens(self, n: int) -> torch.Tensor:
+        """The prefix tokens (n, P, D) in sequence order, with their position embeddings (timm:
+        none with `no_embed_class`, e.g. DINOv2 register models; else the first P entries, which
+        a distilled DeiT gives the CLS and the distillation token alike)."""
+        vit: Any = self.backbone
+        tokens = torch.cat([getattr(vit, name) for name in self.prefix_names], 1) \
+            if self.prefix_names else vit.patch_embed.proj.weight.new_zeros(1, 0, vit.embed_dim)
+        if vit.pos_embed is not None and not vit.no_embed_class:
+            tokens = tokens + vit.pos_embed[:, : tokens.shape[1]]
+        return tokens.expand(n, -1, -1)
 
 
 class RandomAblationView(nn.Module):
@@ -240,16 +335,6 @@ class RandomAblationView(nn.Module):
         positions = self.smoothed.positions(*x.shape[-2:])
         pick = int(torch.randint(len(positions), (1,)))
         return self.smoothed.ablated_logits(x, positions[pick])
-
-
-def _patch_size(backbone: nn.Module) -> int:
-    size = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-    if size is None:
-        raise ModelLoadError(f"{type(backbone).__name__} has no patch_embed.patch_size")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if size[0] != size[1]:
-        raise ModelLoadError(f"smoothing needs square patches, got {size}")
-    return int(size[0])
 
 
 @register_defense("smoothing")
@@ -281,7 +366,8 @@ class SmoothingDefense(Defense):
 
     def attack_view(self, defended: nn.Module) -> nn.Module | None:
         if not isinstance(defended, SmoothedViT):
-            raise TypeError(
-                f"expected the SmoothedViT this defense applied, got {type(defended).__name__}"
+            raise UnsupportedModel(
+                "smoothing attacks the ablations of the SmoothedViT it applied, got "
+                f"{type(defended).__name__}"
             )
         return RandomAblationView(defended)

@@ -25,7 +25,7 @@ from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import Measurement, proportion, register_metric
 from ..core.registry import DEFENSES, PLOTS, SCENARIOS
 from ..report import plots as pk
-from .base import CellContext, Scenario
+from .base import CellContext, PlanContext, Scenario, skip_reason
 
 register_metric("certified_accuracy", higher_is_better=True, headline=True,
                 description="Fraction of images certified correct against the patch size")
@@ -89,6 +89,13 @@ def is_smoothing(defense: object) -> bool:
     return "smoothing" in DEFENSES.names() and type(defense) is DEFENSES.get("smoothing")
 
 
+def require_smoothing(defense: object) -> None:
+    """ScenarioNotApplicable unless `defense` is the smoothing defense."""
+    if not is_smoothing(defense):
+        name = type(defense).__name__ if defense is not None else "none"
+        raise ScenarioNotApplicable(f"certify needs the smoothing defense, not {name}")
+
+
 @SCENARIOS.register("certify")
 @dataclass(frozen=True, kw_only=True)
 class CertifyScenario(Scenario):
@@ -97,15 +104,21 @@ class CertifyScenario(Scenario):
     kind: ClassVar[str] = "certify"
     patch_size: Annotated[int, Field(ge=1)]
 
+    def unsupported(self, ctx: PlanContext) -> str | None:
+        return skip_reason(lambda: require_smoothing(ctx.defense))
+
     @torch.no_grad()
     def run(self, ctx: CellContext) -> list[Measurement]:
-        if not is_smoothing(ctx.defense):
-            name = type(ctx.defense).__name__ if ctx.defense is not None else "none"
-            raise ScenarioNotApplicable(f"certify needs the smoothing defense, not {name}")
+        require_smoothing(ctx.defense)
         defense = ctx.defense
-        # the smoothing defense's model (nn.Module's __getattr__ types methods as Tensor | Module)
-        base_classifier = cast(Callable[[], nn.Module], ctx.model.base_classifier)
-        base = base_classifier().eval()
+        # the smoothing defense's model: its base classifier is the unablated model with the same
+        # head as the votes (both heads of a distilled DeiT)
+        base_classifier = getattr(ctx.model, "base_classifier", None)
+        if not callable(base_classifier):
+            raise ScenarioNotApplicable(
+                f"certify needs the smoothed model the smoothing defense built, not "
+                f"{type(ctx.model).__name__}")
+        base = cast(Callable[[], nn.Module], base_classifier)().eval()
         n = n_smoothed = n_certified = n_base = 0
         for x, y in ctx.batches():
             delta = certificate_delta(
