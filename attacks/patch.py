@@ -5,6 +5,10 @@ bound), optimized with signed steps on the cross-entropy of the clean prediction
 time, stopping per (image, position) as soon as the prediction flips. All positions of a batch run
 together as one big batch. `content: corruption:<name>` pastes the patch of the severity-5 corrupted
 image instead (the paper's natural-patch counterpart; no optimization).
+
+Positions are aligned to the model's token grid: its pixel step between tokens from the family
+adapter (the patch size of a ViT or Swin, the stride of PiT's overlapping patch convolution, the
+stem's total stride for LeViT); models without patch tokens (CNNs) are unsupported.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import CORRUPTIONS, Attack, ParamError, register_attack
+from robustbench_vit.api import CORRUPTIONS, Attack, ParamError, UnsupportedModel, register_attack
 from robustbench_vit.api import patch_size as token_patch_size
 
 
@@ -50,12 +54,21 @@ class PatchAttack(Attack):
     def threat_model(self) -> None:
         return None
 
+    def unsupported(self, model: nn.Module) -> str | None:
+        try:
+            token_patch_size(model)
+        except UnsupportedModel as exc:
+            return str(exc)
+        return None
+
     def grid(self, model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
-        """Top-left corners of the token-aligned patch positions."""
+        """Top-left corners of the token-aligned patch positions (UnsupportedModel for models
+        without patch tokens)."""
         ph, pw = token_patch_size(model)
         if self.patch_size % ph or self.patch_size % pw:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of the model's "
-                             f"token patch size {ph}x{pw}")
+                             f"token patch size {ph}x{pw} (the pixel step between neighbouring "
+                             "tokens)")
         h, w = x.shape[-2:]
         return [(r, c) for r in range(0, h - self.patch_size + 1, self.patch_size)
                 for c in range(0, w - self.patch_size + 1, self.patch_size)]

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Defense, backbone_of, register_defense
+from robustbench_vit.api import Defense, UnsupportedModel, backbone_of, register_defense
 
 Pair = tuple[int, int]
 
@@ -83,12 +83,15 @@ class PolyPatchEmbed(nn.Module):
 
 
 def _check_vit(backbone: nn.Module) -> nn.Conv2d:
-    """The patch convolution of a plain timm VisionTransformer; ValueError for anything else."""
+    """The patch convolution of a plain timm VisionTransformer; UnsupportedModel for another
+    model class, ValueError for a VisionTransformer whose patch embedding does not fit."""
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(backbone, VisionTransformer) \
             or type(backbone)._pos_embed is not VisionTransformer._pos_embed:
-        raise ValueError(f"polyphase needs a timm VisionTransformer, got {type(backbone).__name__}")
+        raise UnsupportedModel(f"polyphase needs a timm VisionTransformer (absolute position "
+                               f"embedding, one stride-p patch convolution), got "
+                               f"{type(backbone).__name__}")
     proj = getattr(backbone.patch_embed, "proj", None)
     if not isinstance(proj, nn.Conv2d) or _pair(proj.kernel_size) != _pair(proj.stride) \
             or _pair(proj.padding) != (0, 0) or _pair(proj.dilation) != (1, 1):  # type: ignore[arg-type]
@@ -127,7 +130,7 @@ class Polyphase(Defense):
     def apply(self, model: nn.Module) -> nn.Module:
         try:
             backbone = backbone_of(model)
-        except Exception as exc:  # ScenarioNotApplicable: not a ViT-family model
-            raise ValueError(f"polyphase needs a timm VisionTransformer: {exc}") from exc
+        except UnsupportedModel as exc:  # no encoder blocks: not a transformer
+            raise UnsupportedModel(f"polyphase needs a timm VisionTransformer: {exc}") from exc
         make_polyphase(backbone)
         return model

@@ -14,9 +14,10 @@ from torch import nn
 from defenses.layer_shuffle import LayerShuffle, ShuffledBlocks
 from defenses.polyphase import Polyphase, poly_order, polyphase_index
 from robustbench_vit import load_suite
+from robustbench_vit.api import UnsupportedModel
 from robustbench_vit.execution.evaluate import evaluate_cell
+from robustbench_vit.models.adapters import Stage, arranged
 from robustbench_vit.models.sources import NormalizedModel
-from robustbench_vit.scenarios.layer_order.scenario import arranged_blocks
 
 SHIFTS = list(itertools.product(range(8), range(8)))
 
@@ -121,7 +122,7 @@ def test_polyphase_loads_base_weights_and_rejects_non_vits() -> None:
                                                                       "pos_conv"]
     torch.manual_seed(0)
     resnet = NormalizedModel(timm.create_model("test_resnet", pretrained=False, num_classes=10))
-    with pytest.raises(ValueError, match="VisionTransformer"):
+    with pytest.raises(UnsupportedModel, match="VisionTransformer"):
         Polyphase().apply(resnet)
 
 
@@ -147,7 +148,7 @@ def test_layer_shuffle_permutes_in_training_and_runs_in_order_in_eval(slot: bool
         out = model(x)
         if not slot:  # no new parameters: the eval model is exactly the base model
             assert torch.equal(out, base(x))
-        with arranged_blocks(model.backbone, (0, 1, 2, 3)):
+        with arranged(Stage("blocks", model.backbone, "blocks"), (0, 1, 2, 3)):
             manual = model(x)
     assert torch.equal(out, manual)
 
@@ -168,7 +169,7 @@ def test_slot_embedding_follows_execution_position_not_block() -> None:
 
     with torch.no_grad():
         for order in [(0, 1, 2, 3), (3, 1, 0, 2), (2, 0)]:  # the last one prunes two blocks
-            with arranged_blocks(bb, order):
+            with arranged(Stage("blocks", bb, "blocks"), order):
                 got = model(x)
             expected = by_hand(order)
             assert torch.allclose(got, expected, atol=1e-6)

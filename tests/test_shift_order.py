@@ -18,13 +18,14 @@ from robustbench_vit.core.cells import canonical_json
 from robustbench_vit.core.metrics import Measurement
 from robustbench_vit.data.datasets import Digits
 from robustbench_vit.execution.evaluate import evaluate_cell
+from robustbench_vit.models.adapters import Stage, arranged
 from robustbench_vit.models.sources import NormalizedModel
 from robustbench_vit.models.vit import backbone_of
 from robustbench_vit.results import table as lb
 from robustbench_vit.scenarios.base import CellContext
 from robustbench_vit.scenarios.clean import CleanScenario
 from robustbench_vit.scenarios.layer_order import scenario as lo
-from robustbench_vit.scenarios.layer_order.scenario import LayerOrderScenario, arranged_blocks
+from robustbench_vit.scenarios.layer_order.scenario import LayerOrderScenario
 from robustbench_vit.scenarios.shift import ShiftScenario, circular_shift, crop_shift
 
 
@@ -152,12 +153,13 @@ def test_identity_arrangement_gives_identical_logits(digits_model: nn.Module,
                                                      digits_batch: tuple) -> None:
     x = digits_batch[0]
     backbone = backbone_of(digits_model)
+    stage = Stage("blocks", backbone, "blocks")
     with torch.no_grad():
         plain = digits_model(x)
-        with arranged_blocks(backbone, range(len(backbone.blocks))):
+        with arranged(stage, list(range(len(backbone.blocks)))):
             assert type(backbone.blocks) is nn.Sequential
             same = digits_model(x)
-        with arranged_blocks(backbone, [1, 0, 2, 3]):
+        with arranged(stage, [1, 0, 2, 3]):
             swapped = digits_model(x)
     assert torch.equal(plain, same)
     assert not torch.allclose(plain, swapped)
@@ -260,9 +262,9 @@ scenarios:
 
 
 @pytest.mark.parametrize(("source", "reason"), [
-    ("timm:test_resnet", "no `blocks`"),
-    ("timm:test_convnext", "hierarchical"),
-    ("timm:test_efficientnet", "not interchangeable"),
+    ("timm:test_resnet", "ResNet has no sequence of interchangeable encoder blocks"),
+    ("timm:test_convnext", "ConvNeXt has no sequence of interchangeable encoder blocks"),
+    ("timm:test_efficientnet", "generic: EfficientNet has no sequence of interchangeable"),
 ])
 def test_models_without_one_block_sequence_are_skipped(tmp_path: Path, source: str,
                                                        reason: str) -> None:

@@ -14,6 +14,7 @@ import logging
 import traceback
 
 from ..core.cells import Cell
+from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import require_registered
 from ..core.plugins import load_plugins
 from ..core.records import CellResult, Span
@@ -49,6 +50,9 @@ def merge_chunks(cell: Cell, parts: list[CellResult]) -> CellResult:
     try:
         measurements = build_scenario(cell).merge([p.partial for p in parts])
         require_registered(m.metric for m in measurements)
+    except ScenarioNotApplicable as exc:  # e.g. nothing to attack: skipped, as a whole cell is
+        return CellResult(cell_key=cell.key, status="skipped", seconds=seconds,
+                          device=parts[0].device, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - recorded like any failing cell
         log.debug("merging the chunks of %s failed", cell.key, exc_info=True)
         return CellResult(cell_key=cell.key, status="error", seconds=seconds,

@@ -3,20 +3,28 @@
 Each compression gives two models: `target`, what is deployed and evaluated, and `surrogate`, a
 differentiable stand-in to craft white-box attacks on (int8 is attacked through weight and
 activation fake-quantization with a straight-through gradient; a pruned model is its own surrogate).
+int8 keeps float the Linear layers whose weight their module's forward reads itself (found by
+reading the forward's source), and the surrogate fake-quantizes exactly the layers the target
+quantizes.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import logging
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..core.errors import UnsupportedModel
 from ..core.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,23 +83,117 @@ class FakeQuantLinear(nn.Module):
         return nn.functional.linear(fake_quant_ste(x, scale, zero, 0, 255), self.weight, self.bias)
 
 
-def _replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, make(child))
+_SELF_CALL = re.compile(r"\bself\.(\w+)\(")
+
+
+def _method_sources(cls: type, name: str) -> list[str]:
+    """Source of every definition of method `name` along the MRO of `cls` (super() calls reach
+    them); definitions without Python source are skipped."""
+    out = []
+    for klass in cls.__mro__:
+        func = klass.__dict__.get(name)
+        if inspect.isfunction(func):
+            try:
+                out.append(inspect.getsource(func))
+            except (OSError, TypeError):
+                continue
+    return out
+
+
+_FORWARD_SOURCES: dict[type, str] = {}
+
+
+def forward_source(cls: type) -> str:
+    """The source a forward of `cls` runs: `forward` and, transitively, the methods it calls on
+    `self` (e.g. ConViT's GPSA.forward -> get_rel_indices), along the MRO (cached per class)."""
+    if cls not in _FORWARD_SOURCES:
+        _FORWARD_SOURCES[cls] = _reachable_source(cls)
+    return _FORWARD_SOURCES[cls]
+
+
+def _reachable_source(cls: type) -> str:
+    """Source of `forward` and of every method it reaches through `self.<method>(` calls."""
+    seen: set[str] = set()
+    pending, sources = ["forward"], []
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in _method_sources(cls, name):
+            sources.append(text)
+            pending.extend(m for m in _SELF_CALL.findall(text)
+                           if m not in seen and inspect.isfunction(getattr(cls, m, None)))
+    return "\n".join(sources)
+
+
+def _reads_parameters(owner: nn.Module, relative: str) -> bool:
+    """Whether the forward of `owner` reads `self.<relative>.weight` or `.bias` itself."""
+    pattern = rf"\bself\.{re.escape(relative)}\.(weight|bias)\b"
+    return re.search(pattern, forward_source(type(owner))) is not None
+
+
+def linears_read_directly(model: nn.Module) -> set[str]:
+    """Names of the Linear layers whose weight or bias an enclosing module's forward reads
+    directly (BEiT, EVA and Swin-V2 attention: `F.linear(x, self.qkv.weight, qkv_bias)`): a
+    dynamically quantized Linear has no weight tensor there, and fake-quantizing only its call
+    would miss that use."""
+    modules = dict(model.named_modules())
+    found = set()
+    for name, module in modules.items():
+        if not isinstance(module, nn.Linear) or not name:
+            continue
+        parts = name.split(".")
+        for cut in range(len(parts)):  # every enclosing module, the model itself included
+            owner = modules[".".join(parts[:cut])]
+            if _reads_parameters(owner, ".".join(parts[cut:])):
+                found.add(name)
+                break
+    return found
+
+
+def _replace_linears(model: nn.Module, names: Iterable[str],
+                     make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """Replace the Linear layers `names` of `model` (in place) by `make(layer)`."""
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"{name} is a {type(layer).__name__}, not a Linear")
+        setattr(model.get_submodule(parent), attr, make(layer))
     return model
+
+
+def _quantized_names(model: nn.Module) -> set[str]:
+    """Names of the dynamically quantized Linear layers of `model`."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {name for name, m in model.named_modules() if isinstance(m, DynamicLinear)}
 
 
 @COMPRESSIONS.register("int8")
 def int8_dynamic(model: nn.Module, _amount: int | None = None) -> Compressed:
-    """Post-training dynamic int8 quantization of every Linear (CPU), fake-quant surrogate."""
+    """Post-training dynamic int8 quantization (CPU) of every Linear except those whose weight a
+    module's forward reads directly (kept float), and a fake-quant surrogate of exactly the same
+    layers."""
     cpu = copy.deepcopy(model).cpu().eval()
+    linears = [name for name, m in cpu.named_modules() if isinstance(m, nn.Linear) and name]
+    direct = linears_read_directly(cpu)
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    spec = {name: qconfig for name in linears if name not in direct}
     with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; still supported
         warnings.simplefilter("ignore", UserWarning)
-        target = torch.ao.quantization.quantize_dynamic(cpu, {nn.Linear}, dtype=torch.qint8)
+        target = torch.ao.quantization.quantize_dynamic(cpu, spec, dtype=torch.qint8)
+    quantized = _quantized_names(target)
+    if not quantized:
+        raise UnsupportedModel(
+            f"int8: {type(model).__name__} has no Linear layer that dynamic quantization can "
+            f"replace ({len(linears)} Linear layers, {len(direct)} read directly by their module)")
+    log.debug("int8: %d of %d Linear layers quantized, %d kept float (%d read directly)",
+              len(quantized), len(linears), len(linears) - len(quantized), len(direct))
     device = next(model.parameters()).device
-    surrogate = _replace_linears(copy.deepcopy(model).eval(), FakeQuantLinear).to(device)
+    surrogate = _replace_linears(copy.deepcopy(model).eval(), sorted(quantized),
+                                 FakeQuantLinear).to(device)
     return Compressed(target=target, surrogate=surrogate, device=torch.device("cpu"))
 
 

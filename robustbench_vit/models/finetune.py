@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..core.registry import Registry
-from .vit import backbone_of, blocks_of
+from .vit import backbone_of, feature_blocks
 
 SCHEMES: Registry[Callable[..., None]] = Registry("fine-tuning scheme")
 
@@ -49,10 +49,10 @@ def prepare_linear(model: nn.Module, **_: int) -> None:
 
 @SCHEMES.register("last_blocks")
 def prepare_last_blocks(model: nn.Module, last_blocks: int = 1, **_: int) -> None:
-    """Parameter-efficient: the last `last_blocks` encoder blocks, the final norm and the head
-    train."""
+    """Parameter-efficient: the last `last_blocks` encoder blocks (the adapter's feature blocks,
+    in execution order), the final norm and the head train."""
     backbone = backbone_of(model)
-    keep = [*list(blocks_of(backbone))[-last_blocks:], _head(model)]
+    keep = [*feature_blocks(model)[-last_blocks:], _head(model)]
     norm = getattr(backbone, "norm", None)
     if isinstance(norm, nn.Module):
         keep.append(norm)
@@ -61,7 +61,12 @@ def prepare_last_blocks(model: nn.Module, last_blocks: int = 1, **_: int) -> Non
 
 class LoRALinear(nn.Module):
     """y = W x + (alpha / r) · B A x with W frozen, A Kaiming-initialized, B zero
-    (LoRA, Hu et al. 2021)."""
+    (LoRA, Hu et al. 2021).
+
+    `weight` and `bias` read like a Linear's (the merged weight, with gradients to A and B), for
+    modules whose forward uses them directly (BEiT, EVA, Swin-V2 attention:
+    `F.linear(x, self.qkv.weight, qkv_bias)`).
+    """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
@@ -71,6 +76,16 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """W + (alpha / r) · B A."""
+        return self.base.weight + self.scale * self.lora_b @ self.lora_a
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The frozen base bias."""
+        return self.base.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
 
@@ -79,7 +94,7 @@ class LoRALinear(nn.Module):
         merged = nn.Linear(self.base.in_features, self.base.out_features,
                            bias=self.base.bias is not None)
         with torch.no_grad():
-            merged.weight.copy_(self.base.weight + self.scale * self.lora_b @ self.lora_a)
+            merged.weight.copy_(self.weight)
             if self.base.bias is not None:
                 merged.bias.copy_(self.base.bias)
         return merged
@@ -90,7 +105,7 @@ def prepare_lora(model: nn.Module, lora_rank: int = 4, **_: int) -> None:
     """LoRA: low-rank adapters on every Linear inside the encoder blocks; adapters and head
     train."""
     _freeze_all_but(model, [_head(model)])
-    for block in blocks_of(backbone_of(model)):
+    for block in feature_blocks(model):
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):

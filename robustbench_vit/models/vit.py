@@ -1,4 +1,5 @@
-"""Introspection of ViT-family backbones: token grid, encoder blocks, intermediate features."""
+"""Introspection of transformer backbones through the family adapters: network, blocks, token
+grid step, intermediate features (see robustbench_vit.models.adapters)."""
 
 from __future__ import annotations
 
@@ -8,45 +9,73 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..core.errors import ScenarioNotApplicable
+from ..core.errors import UnknownNameError, UnsupportedModel
+from .adapters import FamilyAdapter, adapter_for, unwrap
+
+
+def model_adapter(model: nn.Module) -> tuple[FamilyAdapter, nn.Module]:
+    """(adapter, timm network) of the outermost module of `model` that a family adapter knows:
+    the model itself or one it wraps, also through wrappers `adapter_for` does not follow (an
+    EOTModel's `model`); UnsupportedModel when no module of it belongs to a known family."""
+    fallback: tuple[FamilyAdapter, nn.Module] | None = None
+    for module in model.modules():
+        try:
+            adapter, net = adapter_for(module)
+        except UnknownNameError:  # the class of no registered family, and no generic adapter
+            continue
+        if adapter.family != "generic":
+            return adapter, net
+        fallback = fallback or (adapter, net)
+    if fallback is not None:
+        return fallback
+    raise UnsupportedModel(f"{type(unwrap(model)).__name__} belongs to no model family the "
+                           "adapters know (`rbv ls families`)")
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
-    """The innermost module that has `blocks` (a timm VisionTransformer-family backbone)."""
-    for module in model.modules():
-        if isinstance(getattr(module, "blocks", None), nn.Sequential | nn.ModuleList):
-            return module
-    raise ScenarioNotApplicable(
-        f"{type(model).__name__} has no `blocks` sequence: this scenario needs a ViT-family model")
+    """The timm network inside a (wrapped) model; UnsupportedModel when its family has no
+    encoder blocks (CNNs)."""
+    adapter, net = model_adapter(model)
+    if not adapter.stages(net):
+        raise UnsupportedModel(f"{adapter.family}: {type(net).__name__} has no encoder blocks: "
+                               "this needs a transformer-family model")
+    return net
 
 
-def blocks_of(backbone: nn.Module) -> nn.Sequential | nn.ModuleList:
-    """`backbone.blocks`, the encoder blocks of a backbone that `backbone_of` returns."""
-    blocks = getattr(backbone, "blocks", None)
-    if not isinstance(blocks, nn.Sequential | nn.ModuleList):
-        raise ScenarioNotApplicable(f"{type(backbone).__name__} has no `blocks` sequence")
+def feature_blocks(model: nn.Module) -> list[nn.Module]:
+    """The encoder blocks whose outputs are intermediate features, in execution order (every
+    stage); UnsupportedModel for models without blocks."""
+    adapter, net = model_adapter(model)
+    blocks = adapter.feature_blocks(net)
+    if not blocks:
+        raise UnsupportedModel(f"{adapter.family}: {type(net).__name__} has no encoder blocks: "
+                               "this needs a transformer-family model")
     return blocks
 
 
 def patch_size(model: nn.Module) -> tuple[int, int]:
-    """The (height, width) of one token's pixel patch."""
-    embed = getattr(backbone_of(model), "patch_embed", None)
-    size = getattr(embed, "patch_size", None)
-    if size is None:
-        raise ScenarioNotApplicable(f"{type(model).__name__} has no patch_embed.patch_size")
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    """The pixel step (height, width) between neighbouring tokens of the first token grid;
+    UnsupportedModel for models without patch tokens."""
+    adapter, net = model_adapter(model)
+    return adapter.patch_size(net)
 
 
 def num_blocks(model: nn.Module) -> int:
-    """Number of encoder blocks."""
-    return len(blocks_of(backbone_of(model)))
+    """Number of encoder blocks (all stages)."""
+    return len(feature_blocks(model))
+
+
+def _first_tensor(out: object) -> torch.Tensor:
+    """A block's output tokens: the output, or the first element of a tuple output (MViTv2
+    blocks return (tokens, feature size))."""
+    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value]
 
 
 @contextmanager
 def capture_block_outputs(model: nn.Module, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, forward passes fill {layer: output tokens of block `layer`} (with
-    gradients)."""
-    blocks = blocks_of(backbone_of(model))
+    gradients); layers index `feature_blocks(model)` (negative from the end)."""
+    blocks = feature_blocks(model)
     store: dict[int, torch.Tensor] = {}
     handles = []
     for layer in layers:
@@ -54,8 +83,8 @@ def capture_block_outputs(model: nn.Module, layers: list[int]) -> Iterator[dict[
             raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} blocks")
         index = layer % len(blocks)
 
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor, index: int = index) -> None:
-            store[index] = out
+        def hook(_m: nn.Module, _i: object, out: object, index: int = index) -> None:
+            store[index] = _first_tensor(out)
 
         handles.append(blocks[index].register_forward_hook(hook))
     try:

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from ..core.components import Attack
-from ..core.errors import RbvError, ScenarioNotApplicable
+from ..core.errors import RbvError, ScenarioNotApplicable, UnsupportedModel
 from ..core.metrics import Measurement, proportion, register_metric
 from ..core.params import ParamError, to_plain, validate_params
 from ..core.registry import ATTACKS, PLOTS, SCENARIOS
 from ..models.eot import EOTModel
 from ..report import plots as pk
-from .base import CellContext, Scenario
+from .base import CellContext, PlanContext, Scenario
 
 BUDGET_TOLERANCE = 1e-5
 NOT_DIFFERENTIABLE = "defense not differentiable: evaluated with a gradient attack only"
@@ -119,6 +119,9 @@ class AttackScenario(Scenario):
 
     chunkable: ClassVar[bool] = True  # attacks draw randomness from the seed of each batch
 
+    def unsupported(self, ctx: PlanContext) -> str | None:
+        return self.attack.unsupported(ctx.model)
+
     def run(self, ctx: CellContext) -> list[Measurement]:
         return self.merge([self.partial(ctx)])
 
@@ -128,6 +131,9 @@ class AttackScenario(Scenario):
             raise ScenarioNotApplicable(
                 f"{self.name} needs at least {type(self.attack).min_classes} "
                 f"classes; this task has {ctx.num_classes}")
+        reason = self.attack.unsupported(ctx.model)  # whatever the data: a skip is not data-bound
+        if reason is not None:
+            raise UnsupportedModel(reason)
         n = n_correct = n_robust = 0
         stats: dict[str, list[int]] = {}
         # gradient attacks on a non-differentiable defense go through its differentiable view;
@@ -146,6 +152,9 @@ class AttackScenario(Scenario):
         return {"n": n, "correct": n_correct, "robust": n_robust, "stats": stats, "flag": flag}
 
     def merge(self, parts: list[dict[str, Any]]) -> list[Measurement]:
+        """The cell's rows from the counts of its chunks. A rate over no attacked image (the
+        success rate when no image was clean-correct) is not reported: it would be a number of 0
+        trials; robust accuracy (0 of n then) is still exact."""
         n, n_correct, n_robust = (sum(p[k] for p in parts) for k in ("n", "correct", "robust"))
         stats: dict[str, list[int]] = {}
         for part in parts:
@@ -157,7 +166,8 @@ class AttackScenario(Scenario):
             "attack_success_rate": (n_correct - n_robust, n_correct),
             **{metric: (hits, total) for metric, (hits, total) in stats.items()},
         }
-        rows = [proportion(metric, hits, total) for metric, (hits, total) in measured.items()]
+        rows = [proportion(metric, hits, total) for metric, (hits, total) in measured.items()
+                if total > 0]
         if any(p["flag"] for p in parts):
             rows = [replace(r, extra={**r.extra, "flag": NOT_DIFFERENTIABLE}) for r in rows]
         return rows

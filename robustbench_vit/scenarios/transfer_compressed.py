@@ -27,7 +27,7 @@ from ..core.registry import ATTACKS, PLOTS, SCENARIOS
 from ..models.compression import COMPRESSIONS, Compressed, compress, parse_target
 from ..models.sources import split_source
 from ..report import plots as pk
-from .base import CellContext, Scenario
+from .base import CellContext, PlanContext, Scenario, skip_reason
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,22 @@ class CompressedTransfer(Scenario):
                 raise ParamError("targets", f"unknown compression {target!r}: use int8 or pruneNN "
                                             "(NN = percent of Linear weights), e.g. prune50")
 
-    def check_student(self, ctx: CellContext) -> None:
+    def unsupported(self, ctx: PlanContext) -> str | None:
+        return skip_reason(lambda: self.check_applicable(ctx))
+
+    def check_applicable(self, ctx: CellContext | PlanContext) -> None:
+        """Skip for a non-differentiable defended model or a student of another model."""
+        self.check_differentiable(ctx)
+        self.check_student(ctx)
+
+    @staticmethod
+    def check_differentiable(ctx: CellContext | PlanContext) -> None:
+        """Skip for a non-differentiable defended model."""
+        if not ctx.defense_differentiable:
+            raise ScenarioNotApplicable("compressing a non-differentiable defended model is not "
+                                        "defined; evaluate the base model")
+
+    def check_student(self, ctx: CellContext | PlanContext) -> None:
         """Skip unless the student was distilled from the evaluated model (checked for zoo
         recipes)."""
         if not self.student or ctx.model_config is None:
@@ -108,10 +123,7 @@ class CompressedTransfer(Scenario):
         return adv
 
     def run(self, ctx: CellContext) -> list[Measurement]:
-        if not ctx.defense_differentiable:
-            raise ScenarioNotApplicable("compressing a non-differentiable defended model is not "
-                                        "defined; evaluate the base model")
-        self.check_student(ctx)
+        self.check_applicable(ctx)
         batches = list(ctx.batches())
         x = torch.cat([b[0] for b in batches])
         y = torch.cat([b[1] for b in batches])

@@ -6,7 +6,9 @@ source by L∞ PGD (random start) *minimizing* the cosine similarity between the
 of x' and x, averaged over tokens, then the victim is evaluated on them. `layer: auto` picks the
 block whose attack moves the source's final (pre-logits) features furthest on a held-out slice
 [choice: that measure]. Baselines in the same cell: PGD through the source's own head, the feature
-loss at the last block, and random sign noise of the same eps.
+loss at the last block, and random sign noise of the same eps. Blocks are numbered over every
+stage in execution order (the family adapter's feature blocks: Swin's stages one after the other,
+CaiT's class-attention blocks last).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..core.metrics import Measurement, proportion, register_metric
 from ..core.registry import ATTACKS, SCENARIOS
 from ..models.sources import split_source
 from ..models.vit import capture_block_outputs, num_blocks
-from .base import CellContext, Scenario
+from .base import CellContext, PlanContext, Scenario, skip_reason
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,15 @@ def random_noise(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return (x + eps * signs).clamp(0, 1)
 
 
+def check_input_size(source: nn.Module, size: tuple[int, ...]) -> None:
+    """Skip when the source model takes images of another size than the evaluated data."""
+    expected = tuple(getattr(source, "data_config", {}).get("input_size", ())[-2:])
+    if expected and expected != size:
+        raise ScenarioNotApplicable(
+            f"the DTA source takes {expected[0]}x{expected[1]} images; this cell's data are "
+            f"{size[0]}x{size[1]}")
+
+
 @SCENARIOS.register("transfer:dta")
 @dataclass(frozen=True, kw_only=True)
 class DTAScenario(Scenario):
@@ -95,7 +106,10 @@ class DTAScenario(Scenario):
         """alpha, or eps/4 [choice]."""
         return self.alpha if self.alpha is not None else self.eps / 4
 
-    def check_lineage(self, ctx: CellContext) -> None:
+    def unsupported(self, ctx: PlanContext) -> str | None:
+        return skip_reason(lambda: self.check_lineage(ctx))
+
+    def check_lineage(self, ctx: CellContext | PlanContext) -> None:
         """Skip unless the evaluated model is fine-tuned from the source (checked for zoo
         recipes)."""
         source, model = ctx.references["source"], ctx.model_config
@@ -123,6 +137,7 @@ class DTAScenario(Scenario):
     def run(self, ctx: CellContext) -> list[Measurement]:
         self.check_lineage(ctx)
         source = ctx.reference("source")
+        check_input_size(source, tuple(ctx.loader.dataset[0][0].shape[-2:]))
         blocks = num_blocks(source)
         layer = self.layer if self.layer != "auto" else self.select_layer(ctx, source)[0]
         if not -blocks <= layer < blocks:

@@ -10,30 +10,31 @@ order: `pruned_accuracy` rows ({"pruned": k, "draw": j, "order": kept blocks}). 
 min over permutations and the mean per k are derived by the leaderboard
 (robustbench_vit.scenarios.layer_order.stats).
 
-Blocks are rearranged by temporarily replacing the backbone's `blocks` container with a new one
-holding the same block modules; the original container is put back in a `finally`, so the shared
-model is restored exactly even when a forward pass raises. Identical arrangements (the identity,
-k = 0, repeated draws) are evaluated once.
+The blocks rearranged are the family adapter's `order_stage` (a ViT's `blocks`, the self-attention
+blocks of CaiT and XCiT); families where reordering or removing blocks is not defined (hierarchical
+models, ConViT, CNNs) are skipped with the adapter's reason, and so is a stage whose blocks change
+the feature shape. Blocks are rearranged by temporarily replacing the stage's container with a new
+one holding the same block modules (`adapters.arranged`); the original container is put back in a
+`finally`, so the shared model is restored exactly even when a forward pass raises. Identical
+arrangements (the identity, k = 0, repeated draws) are evaluated once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
-from torch import nn
 
-from ...core.errors import ScenarioNotApplicable
 from ...core.metrics import Measurement, proportion, register_metric
 from ...core.params import ParamError
 from ...core.registry import SCENARIOS
-from ...models.vit import backbone_of, blocks_of
-from ..base import CellContext, Scenario
+from ...models.adapters import Stage, arranged, check_same_shapes
+from ...models.vit import model_adapter
+from ..base import CellContext, PlanContext, Scenario, skip_reason
 from ..shift import scenario_seed
 
 log = logging.getLogger(__name__)
@@ -62,59 +63,6 @@ def draw_pruned(k: int, draws: int, depth: int, seed: int) -> list[Order]:
     """`draws` orders keeping depth - k random blocks in their original order, fixed by `seed`."""
     gen = torch.Generator().manual_seed(scenario_seed(seed, "layer_order", "prune", k))
     return [tuple(sorted(torch.randperm(depth, generator=gen)[k:].tolist())) for _ in range(draws)]
-
-
-def block_container(model: nn.Module) -> tuple[nn.Module, nn.Sequential | nn.ModuleList]:
-    """(backbone, blocks) of a model whose encoder is one sequence of interchangeable blocks.
-
-    Raises ScenarioNotApplicable for models without `blocks` and for hierarchical models with
-    several `blocks` sequences (stages of ConvNeXt, Swin, EfficientNet...).
-    """
-    backbone = backbone_of(model)
-    owners = [m for m in model.modules()
-              if isinstance(getattr(m, "blocks", None), nn.Sequential | nn.ModuleList)]
-    if len(owners) > 1:
-        raise ScenarioNotApplicable(
-            f"{type(model).__name__} has {len(owners)} `blocks` sequences (a hierarchical model): "
-            "block order is defined for one sequence of same-shape blocks")
-    return backbone, blocks_of(backbone)
-
-
-def check_shape_preserving(model: nn.Module, blocks: nn.Sequential | nn.ModuleList,
-                           x: torch.Tensor) -> None:
-    """Raise ScenarioNotApplicable unless every block maps its input to the same shape."""
-    changed: list[str] = []
-
-    def hook(module: nn.Module, args: tuple, out: object) -> None:
-        if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) \
-                and args[0].shape != out.shape:
-            changed.append(f"{tuple(args[0].shape)} -> {tuple(out.shape)}")
-
-    handles = [block.register_forward_hook(hook) for block in blocks]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    if changed:
-        raise ScenarioNotApplicable(f"blocks change the feature shape ({changed[0]}): their order "
-                                    "is not interchangeable")
-
-
-@contextmanager
-def arranged_blocks(backbone: nn.Module, order: Sequence[int]) -> Iterator[None]:
-    """Within the block, `backbone.blocks` runs the original blocks listed in `order`."""
-    original = blocks_of(backbone)
-    modules = [original[i] for i in order]
-    if type(original) is nn.ModuleList:
-        backbone.blocks = nn.ModuleList(modules)
-    else:
-        backbone.blocks = nn.Sequential(*modules)
-    try:
-        yield
-    finally:
-        backbone.blocks = original
 
 
 @SCENARIOS.register("layer_order")
@@ -148,29 +96,35 @@ class LayerOrderScenario(Scenario):
         return rows
 
     @torch.no_grad()
+    def unsupported(self, ctx: PlanContext) -> str | None:
+        adapter, net = model_adapter(ctx.model)
+        return skip_reason(lambda: adapter.order_stage(net))
+
     def run(self, ctx: CellContext) -> list[Measurement]:
-        backbone, blocks = block_container(ctx.model)
-        rows = self.arrangements(len(blocks), ctx.seed)
-        sequential = tuple(range(len(blocks)))
+        adapter, net = model_adapter(ctx.model)
+        stage = adapter.order_stage(net)
+        depth = len(stage.blocks)
+        rows = self.arrangements(depth, ctx.seed)
+        sequential = tuple(range(depth))
         orders = list(dict.fromkeys(order for _, _, order in rows))
         correct = dict.fromkeys(orders, 0)
         total = 0
         for b, (x, y) in enumerate(ctx.batches()):
             if b == 0:
-                check_shape_preserving(ctx.model, blocks, x)
+                check_same_shapes(ctx.model, stage, x)
             for order in orders:
-                correct[order] += self.count_correct(ctx, backbone, order, sequential, x, y)
+                correct[order] += self.count_correct(ctx, stage, order, sequential, x, y)
             total += len(y)
         log.debug("layer_order: %d arrangements of %d blocks on %d images",
-                  len(orders), len(blocks), total)
+                  len(orders), depth, total)
         return [proportion(metric, correct[order], total, **extra) for metric, extra, order in rows]
 
     @staticmethod
-    def count_correct(ctx: CellContext, backbone: nn.Module, order: Order, sequential: Order,
+    def count_correct(ctx: CellContext, stage: Stage, order: Order, sequential: Order,
                       x: torch.Tensor, y: torch.Tensor) -> int:
-        """Correct top-1 predictions on (x, y) with the blocks in `order`."""
+        """Correct top-1 predictions on (x, y) with the blocks of `stage` in `order`."""
         with ctx.autocast():
             if order == sequential:
                 return int((ctx.model(x).argmax(1) == y).sum())
-            with arranged_blocks(backbone, order):
+            with arranged(stage, order):
                 return int((ctx.model(x).argmax(1) == y).sum())
