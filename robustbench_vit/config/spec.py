@@ -49,6 +49,29 @@ def _undefended() -> list[str | dict[str, Any]]:
     return ["none"]
 
 
+class FinetuneDataSpec(BaseModel):
+    """`finetune.data:`: the training dataset by name, with its own fields beside it (checked
+    against the dataset in stage two)."""
+
+    model_config = ConfigDict(extra="allow")
+    dataset: str
+
+
+class FinetuneSpec(_Strict):
+    """A model's `finetune:`: the data training defenses (and, with `base: true`, the model
+    itself) are fine-tuned on, and the optimizer settings. A defense's own `epochs`, `lr` and
+    `distill` fields take precedence for that defense."""
+
+    data: FinetuneDataSpec
+    epochs: Annotated[int, Field(gt=0)] = 10
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    base: bool = False
+    """First fine-tune the model itself (cross-entropy): every defense of it, `none` included,
+    starts from the result."""
+
+
 class ModelSpec(_Strict):
     """One entry of `models:`: a label, a source and the defenses to evaluate it with."""
 
@@ -63,6 +86,8 @@ class ModelSpec(_Strict):
     data: dict[str, Any] = Field(default_factory=dict)
     """Dataset fields this model is evaluated with instead of the suite's (e.g. a downstream
     task)."""
+    finetune: FinetuneSpec | None = None
+    """Training data (and settings) for training defenses on timm:/file: models."""
 
 
 class ScenarioSpec(BaseModel):
@@ -246,6 +271,8 @@ def _stage_one_problems(exc: pydantic.ValidationError, raw: Any) -> list[tuple[s
     def known(loc: list[Any]) -> list[str]:
         if len(loc) > 3 and loc[:2] == ["gates", "checks"]:
             return list(GateSpec.model_fields)
+        if len(loc) > 3 and loc[0] == "models" and loc[2] == "finetune":
+            return list(FinetuneSpec.model_fields)
         model: type[BaseModel] | None = sections.get(str(loc[0])) if len(loc) > 1 else SuiteSpec
         return list(model.model_fields) if model else []
 

@@ -17,8 +17,9 @@ from ..core.params import ParamError, field_names, to_plain, validate_params
 from ..core.plugins import load_plugins
 from ..core.registry import DATASETS, DEFENSES, METRICS, SCENARIOS, scenario_class
 from ..models.adapters import ADAPTERS
-from ..models.sources import model_fingerprint, model_problems, resolve_path, split_source
-from .spec import GatesSpec, SuiteSpec, error_problems
+from ..models.sources import SOURCES, model_fingerprint, model_problems, resolve_path, split_source
+from ..models.user_finetune import base_fingerprint
+from .spec import FinetuneSpec, GatesSpec, SuiteSpec, error_problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +106,7 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
         models.append(_build_model(m, i, base_dir, problems))
         defenses[m.name] = tuple(_build_defense(d, f"models[{i}].defenses[{j}]", problems)
                                  for j, d in enumerate(m.defenses))
+        _check_training_data(models[-1], defenses[m.name], i, problems)
         model_data[m.name] = (_build_data(spec, m.data, f"models[{i}].data", problems)
                               if m.data else data)
     by_label = {m.name: m for m in models}
@@ -139,7 +141,8 @@ def _build_data(spec: SuiteSpec, overrides: dict[str, Any], where: str,
 
 def _build_model(m: Any, i: int, base_dir: Path, problems: _Problems) -> ModelConfig:
     cfg = ModelConfig(name=m.name, source=m.source, pretrained=m.pretrained, arch=m.arch,
-                      kwargs=m.kwargs, family=m.family)
+                      kwargs=m.kwargs, family=m.family,
+                      finetune=_build_finetune(m.finetune, f"models[{i}].finetune", problems))
     found = model_problems(cfg, base_dir)
     if m.family is not None and m.family not in ADAPTERS:
         close = ADAPTERS.suggest(m.family)
@@ -152,7 +155,45 @@ def _build_model(m: Any, i: int, base_dir: Path, problems: _Problems) -> ModelCo
         return cfg
     if split_source(cfg.source)[0] == "file":
         cfg = replace(cfg, source=f"file:{resolve_path(cfg.source, base_dir)}")
-    return replace(cfg, fingerprint=model_fingerprint(cfg, base_dir))
+    fingerprint = model_fingerprint(cfg, base_dir)
+    if cfg.finetune is not None and cfg.finetune["base"]:  # the cells see the fine-tuned weights
+        fingerprint = base_fingerprint(fingerprint, cfg.finetune)
+    return replace(cfg, fingerprint=fingerprint)
+
+
+def _build_finetune(spec: FinetuneSpec | None, where: str,
+                    problems: _Problems) -> dict[str, Any] | None:
+    """A model's `finetune:` as plain data, its dataset fields validated (defaults filled in)."""
+    if spec is None:
+        return None
+    out = spec.model_dump(exclude={"data"})
+    extras = dict(spec.data.model_extra or {})
+    try:
+        cls = DATASETS.get(spec.data.dataset)
+        extras = to_plain(validate_params(cls, extras))
+    except UnknownNameError as exc:
+        problems.add(f"{where}.data.dataset", str(exc))
+    except (pydantic.ValidationError, ParamError, ValueError) as exc:
+        problems.component(f"{where}.data", exc, ["dataset", *field_names(cls)])
+    return {**out, "data": {"dataset": spec.data.dataset, **extras}}
+
+
+def _check_training_data(model: ModelConfig, defenses: tuple[DefenseConfig, ...], i: int,
+                         problems: _Problems) -> None:
+    """A training defense needs data to fine-tune on: a zoo: recipe's, or the model's
+    `finetune:`."""
+    prefix = split_source(model.source)[0]
+    if model.finetune is not None or prefix == "zoo" or prefix not in SOURCES:
+        return  # an unknown prefix is reported by _build_model
+    for j, entry in enumerate(defenses):
+        try:
+            defense = validate_params(DEFENSES.get(entry.name), entry.params)
+        except (UnknownNameError, pydantic.ValidationError, ParamError, ValueError):
+            continue  # reported by _build_defense
+        if defense.needs_training():
+            problems.add(f"models[{i}].defenses[{j}]",
+                         f"{entry.name} is a training defense: a {prefix}: model needs "
+                         "finetune: {data: ...} (the data to fine-tune it on)")
 
 
 def _build_defense(entry: str | dict[str, Any], where: str, problems: _Problems) -> DefenseConfig:

@@ -33,6 +33,10 @@ class ModelConfig:
     fingerprint: str = ""
     family: str | None = None
     """The model-family adapter to use instead of the one chosen by the timm class."""
+    finetune: dict[str, Any] | None = None
+    """The suite's `finetune:` as plain data (data with every dataset field, epochs, lr,
+    batch_size, weight_decay, base): the training data of training defenses on timm:/file:
+    models, and with `base: true` a fine-tune of the model itself (see models/user_finetune.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +53,9 @@ def _weights(model: ModelConfig) -> dict[str, Any]:
     """What identifies a model's numbers: everything but its display name."""
     out = asdict(model)
     out.pop("name")
-    if out.get("family") is None:  # unset optional fields leave existing cell keys unchanged
-        out.pop("family", None)
+    for optional in ("family", "finetune"):  # unset optional fields leave cell keys unchanged
+        if out.get(optional) is None:
+            out.pop(optional, None)
     return out
 
 

@@ -161,7 +161,9 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
                           load_model=lambda cfg: load_model(cfg, device),
                           data_key=stable_hash([asdict(cell.data), cell.seed]),
                           model_key=stable_hash([cell.model.source, cell.model.fingerprint,
-                                                 cell.defense, cell.defense_params]),
+                                                 cell.defense, cell.defense_params,
+                                                 *([cell.model.finetune]
+                                                   if cell.model.finetune else [])]),
                           attack_model=view.eval() if view is not None else None,
                           defense=defense,
                           first_batch=span[0] // cell.data.batch_size if span else 0)

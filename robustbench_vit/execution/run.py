@@ -26,7 +26,7 @@ RUNNERS.register_lazy("ray", "robustbench_vit.execution.runners.ray:RayRunner")
 
 def prepare(cells: list[Cell]) -> None:
     """Build shared expensive inputs once, before any cell needs them: zoo checkpoints, and the
-    zoo models fine-tuned with training defenses."""
+    models fine-tuned with training defenses (zoo models, and models with `finetune:`)."""
     from ..core.params import validate_params
     from ..core.registry import DEFENSES
     from ..models.defended import ensure_defended
@@ -39,8 +39,10 @@ def prepare(cells: list[Cell]) -> None:
         ensure_trained(name, resolve_device(device))
     seen: set[str] = set()
     for cell in cells:
-        key = canonical_json([cell.model.source, cell.defense, cell.defense_params, cell.device])
-        if key in seen or split_source(cell.model.source)[0] != "zoo":
+        key = canonical_json([cell.model.source, cell.model.fingerprint, cell.model.finetune,
+                              cell.defense, cell.defense_params, cell.device])
+        trainable = split_source(cell.model.source)[0] == "zoo" or cell.model.finetune is not None
+        if key in seen or not trainable:
             continue
         seen.add(key)
         defense = validate_params(DEFENSES.get(cell.defense), cell.defense_params)

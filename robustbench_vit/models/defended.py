@@ -1,5 +1,8 @@
-"""Training defenses in the zoo: a base recipe's model fine-tuned with a defense, cached by content
-hash."""
+"""Training defenses: a base model fine-tuned with a defense, cached by content hash.
+
+A zoo: model trains on its recipe's data (below); a model with a suite `finetune:` (any source,
+needed for timm: and file:) on the data that names (models/user_finetune.py).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from ..core.cells import ModelConfig, stable_hash
 from ..core.errors import ModelLoadError
 from ..core.params import to_plain
 from ..core.registry import ZOO
+from . import user_finetune
 from .sources import split_source
 from .training import TrainConfig, accuracy, train_classifier
 
@@ -28,13 +32,15 @@ def _recipe_name(base: ModelConfig, defense: Any) -> str:
     prefix, name = split_source(base.source)
     if prefix != "zoo":
         raise ModelLoadError(
-            f"{type(defense).__name__} is a training defense: the zoo fine-tunes the base model "
-            f"with it, so the model must be a zoo: recipe (got {base.source})")
+            f"{type(defense).__name__} is a training defense: a {prefix}: model needs "
+            f"finetune: {{data: ...}} to be fine-tuned with it (got {base.source})")
     return name
 
 
 def defended_path(base: ModelConfig, defense: Any) -> Path:
     """Where the defended checkpoint of `base` lives in the cache."""
+    if base.finetune is not None:
+        return user_finetune.defended_path(base, defense)
     name = _recipe_name(base, defense)
     key = stable_hash([DEFENSE_FORMAT, ZOO.get(name).recipe_hash(), type(defense).__name__,
                        to_plain(defense)])
@@ -52,6 +58,8 @@ def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Pa
     """Fine-tune `base` with `defense` unless cached; returns the checkpoint path."""
     from .zoo import load_zoo_model
 
+    if base.finetune is not None:
+        return user_finetune.ensure_defended(base, defense, torch.device(device))
     path = defended_path(base, defense)
     if path.is_file():
         return path
@@ -82,9 +90,11 @@ def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Pa
 
 
 def load_defended_model(base: ModelConfig, defense: Any, device: torch.device) -> nn.Module:
-    """The base zoo model fine-tuned with a training defense (trained first when not cached)."""
+    """The base model fine-tuned with a training defense (trained first when not cached)."""
     from safetensors.torch import load_file
 
+    if base.finetune is not None:
+        return user_finetune.load_defended(base, defense, torch.device(device))
     path = ensure_defended(base, defense, device)
     model = _fresh(_recipe_name(base, defense), defense)
     model.load_state_dict(load_file(str(path)))

@@ -242,9 +242,20 @@ def model_fingerprint(cfg: ModelConfig, base_dir: Path) -> str:
     return SOURCES.get(split_source(cfg.source)[0])().fingerprint(cfg, base_dir)
 
 
+def build_source_model(cfg: ModelConfig, device: torch.device) -> NormalizedModel:
+    """The source's own weights (before any `finetune: {base: true}`), wrapped, in eval mode."""
+    return SOURCES.get(split_source(cfg.source)[0])().build(cfg, device)
+
+
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> NormalizedModel:
-    """The model a config names, wrapped, in eval mode, on `device`."""
-    model = SOURCES.get(split_source(cfg.source)[0])().build(cfg, torch.device(device))
+    """The model a config names, wrapped, in eval mode, on `device` (fine-tuned first on its
+    `finetune:` data when it sets `base: true`)."""
+    if cfg.finetune and cfg.finetune.get("base"):
+        from .user_finetune import load_base
+
+        model = load_base(cfg, torch.device(device))
+    else:
+        model = build_source_model(cfg, torch.device(device))
     if cfg.family is not None:
         model.rbv_family = cfg.family  # type: ignore[assignment]  # read by adapter_for
     return model
