@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 RBV := $(VENV)/bin/rbv
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-all lint bench clean
+.PHONY: setup quickstart test test-all lint bench support-matrix clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,9 @@ test-all: setup ## every test, slow ones included
 lint: setup ## ruff on the code, then mypy on the package (settings: pyproject.toml [tool.mypy])
 	$(VENV)/bin/ruff check robustbench_vit attacks defenses tests benchmarks tools
 	$(VENV)/bin/mypy
+
+support-matrix: setup ## regenerate README's support matrix from suites/families.yaml's plan
+	$(PY) tools/support_matrix.py README.md
 
 bench: setup
 	$(PY) benchmarks/attack_overhead.py

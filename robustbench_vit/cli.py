@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ err = Console(stderr=True, soft_wrap=True)
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Folder of the results database.")]
 SuiteArg = Annotated[Path, typer.Argument(help="Suite YAML file.")]
 KINDS = ("attacks", "defenses", "scenarios", "datasets", "metrics", "zoo", "corruptions",
-         "aggregates", "plots")
+         "aggregates", "plots", "families")
 
 
 def fail(exc: RbvError) -> typer.Exit:
@@ -52,6 +52,7 @@ def evaluate(
 
     try:
         loaded = load_suite(suite)
+        _print_plan(loaded, err)
         with RichProgress(err, disable=quiet) as progress:
             summary = run_suite(loaded, results, device=device, backend=backend, progress=progress,
                                 runner_options={"address": address, "num_cpus": num_cpus,
@@ -82,6 +83,52 @@ def validate(suite: SuiteArg) -> None:
     cells = loaded.cells()
     out.print(f"{suite}: valid — {len(loaded.models)} models, {len(loaded.scenarios)} scenarios, "
               f"{len(cells)} cells", highlight=False, markup=False)
+    _print_plan(loaded, out)
+
+
+def _print_plan(loaded: Any, console: Console) -> None:
+    """List the (model, defense, scenario) combinations that will be skipped, and why."""
+    from .execution.plan import plan_skips
+
+    skips = plan_skips(loaded)
+    if not skips:
+        console.print("plan: nothing will be skipped", highlight=False, markup=False)
+    else:
+        console.print(f"plan: {len(skips)} model / defense / scenario combinations will be "
+                      "skipped:", highlight=False, markup=False)
+        for skip in skips:
+            console.print(f"  skip {skip.line()}", highlight=False, markup=False)
+
+
+@app.command()
+def plan(
+    suite: SuiteArg,
+    format: Annotated[str, typer.Option("--format", "-f", help="text | markdown")] = "text",
+) -> None:
+    """List what the suite will skip (model / defense / scenario) and why; run nothing.
+
+    `--format markdown` prints the support matrix (model × defense, model × scenario).
+    """
+    from .config.load import load_suite
+    from .execution.plan import defense_label, plan_skips, scenario_label
+    from .report.support import support_markdown
+
+    if format not in ("text", "markdown"):
+        err.print(f"error: --format must be text or markdown, not {format!r}")
+        raise typer.Exit(2)
+    try:
+        loaded = load_suite(suite)
+    except RbvError as exc:
+        raise fail(exc) from None
+    if format == "text":
+        _print_plan(loaded, out)
+        return
+    cells = loaded.cells()
+    models = list(dict.fromkeys(c.model.name for c in cells))
+    defenses = list(dict.fromkeys(defense_label(c) for c in cells))
+    scenarios = list(dict.fromkeys(scenario_label(c) for c in cells))
+    out.print(support_markdown(plan_skips(loaded), models, defenses, scenarios), end="",
+              highlight=False, markup=False)
 
 
 @app.command()
@@ -225,11 +272,15 @@ def baseline_save(
 @app.command("ls")
 def list_components(kind: Annotated[str, typer.Argument(help="|".join(KINDS))]) -> None:
     """List registered components with one-line descriptions (and parameters)."""
+    from importlib import import_module
+
     from .core.params import describe_fields
     from .core.plugins import load_plugins
     from .core.registry import REGISTRIES
 
     load_plugins()
+    if kind == "families":
+        import_module("robustbench_vit.models.adapters")  # registers the built-in adapters
     if kind not in REGISTRIES:
         err.print(f"error: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
         raise typer.Exit(2)

@@ -47,6 +47,11 @@ class Attack:
         """
         return self.perturb(model, x, y, seed=seed), {}
 
+    def unsupported(self, model: nn.Module) -> str | None:
+        """Why this attack cannot run on `model` (a structure-only model on the meta device may
+        be given), or None. Used by the plan before anything runs; the cell still checks."""
+        return None
+
 
 @dataclass(frozen=True, kw_only=True)
 class Defense:
@@ -74,6 +79,26 @@ class Defense:
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor | None:
         """An extra loss term added while fine-tuning (None: plain cross-entropy)."""
+        return None
+
+    def unsupported(self, model: nn.Module) -> str | None:
+        """Why this defense cannot be applied to `model`, or None (the plan asks before anything
+        runs; `model` may be a structure-only model on the meta device). The default applies the
+        defense to a copy and reports an UnsupportedModel it raises: the same code as the cell."""
+        import copy
+
+        import torch
+
+        from .errors import UnsupportedModel
+
+        if type(self).apply is Defense.apply:
+            return None
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        try:
+            with torch.device(device):
+                self.apply(copy.deepcopy(model))
+        except UnsupportedModel as exc:
+            return str(exc)
         return None
 
     def attack_view(self, defended: nn.Module) -> nn.Module | None:

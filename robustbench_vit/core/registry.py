@@ -128,6 +128,8 @@ AGGREGATES: Registry[Any] = Registry("aggregate")
 """Functions from the long table (stored rows) to derived rows (mCE, order statistics...)."""
 PLOTS: Registry[Any] = Registry("plot")
 """Functions from the prepared long table to plot dicts for the HTML report (meta: `order`)."""
+FAMILIES: Registry[Any] = Registry("model family")
+"""Model-family adapters (robustbench_vit.models.adapters), one instance per family."""
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "attacks": ATTACKS,
@@ -139,4 +141,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "corruptions": CORRUPTIONS,
     "aggregates": AGGREGATES,
     "plots": PLOTS,
+    "families": FAMILIES,
 }

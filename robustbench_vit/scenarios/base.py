@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..core.cells import ModelConfig
+from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import Measurement
 from ..core.params import to_plain, validate_params
 
@@ -71,6 +72,27 @@ class CellContext:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlanContext:
+    """What the plan knows of a cell before it runs: the defended model's structure (on the meta
+    device: no weights), the model's config and references, and the defense object."""
+
+    model: nn.Module
+    model_config: ModelConfig | None = None
+    references: dict[str, ModelConfig] = field(default_factory=dict)
+    defense: Any = None
+    defense_differentiable: bool = True
+
+
+def skip_reason(check: Callable[[], object]) -> str | None:
+    """The message of the ScenarioNotApplicable `check()` raises, or None when it passes."""
+    try:
+        check()
+    except ScenarioNotApplicable as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Scenario:
     """Base of scenarios: fields are YAML keys; `run` returns the cell's measurements."""
 
@@ -97,6 +119,12 @@ class Scenario:
     def to_params(self) -> dict[str, Any]:
         """Plain parameters: `from_params(to_params())` rebuilds the scenario."""
         return to_plain(self)
+
+    def unsupported(self, ctx: PlanContext) -> str | None:
+        """Why this scenario will be skipped for the cell `ctx` describes, or None. The plan asks
+        before anything runs: a scenario that skips for a reason known without data (a model
+        family, the defense, the references) says so here, with the same message as the cell."""
+        return None
 
     def run(self, ctx: CellContext) -> list[Measurement]:
         """Evaluate and return measurements."""

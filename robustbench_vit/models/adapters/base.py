@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...core.errors import UnsupportedModel
-from ...core.registry import Registry
+from ...core.registry import FAMILIES, Registry
 
 Blocks = nn.Sequential | nn.ModuleList
 
@@ -81,7 +81,8 @@ class FamilyAdapter:
 
     def feature_blocks(self, net: nn.Module) -> list[nn.Module]:
         """Blocks whose outputs are intermediate features (DTA's layers), in execution order."""
-        return [block for stage in self.stages(net) for block in stage.blocks]
+        # indexed, not iterated: a layer-shuffled container iterates in a random order in training
+        return [stage.blocks[i] for stage in self.stages(net) for i in range(len(stage.blocks))]
 
     # --- attention -------------------------------------------------------------------------
     def attention_modules(self, net: nn.Module) -> list[nn.Module]:
@@ -111,7 +112,7 @@ class FamilyAdapter:
                 "independent patch tokens (a plain ViT patch embedding)")
 
 
-ADAPTERS: Registry[FamilyAdapter] = Registry("model family")
+ADAPTERS: Registry[FamilyAdapter] = FAMILIES
 
 
 def register_adapter(adapter: type[FamilyAdapter]) -> type[FamilyAdapter]:
@@ -120,11 +121,27 @@ def register_adapter(adapter: type[FamilyAdapter]) -> type[FamilyAdapter]:
     return adapter
 
 
+register_adapter(FamilyAdapter)  # `generic`: models no family adapter knows
+
+
+WRAPPED = ("backbone", "model", "smoothed")
+"""Attributes under which wrappers hold the model they wrap (NormalizedModel and smoothing:
+`backbone`, EOTModel: `model`, the smoothing attack view: `smoothed`)."""
+
+
+def _inner(model: nn.Module) -> nn.Module | None:
+    for name in WRAPPED:
+        inner = getattr(model, name, None)
+        if isinstance(inner, nn.Module):
+            return inner
+    return None
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The timm network inside the wrappers (NormalizedModel, smoothing, ...)."""
+    """The timm network inside the wrappers (NormalizedModel, smoothing, EOT, ...)."""
     for _ in range(8):
-        inner = getattr(model, "backbone", None)
-        if not isinstance(inner, nn.Module):
+        inner = _inner(model)
+        if inner is None:
             break
         model = inner
     return model
@@ -144,13 +161,12 @@ def adapter_for(model: nn.Module, family: str | None = None) -> tuple[FamilyAdap
     """(adapter, timm network) for a wrapped or bare model; `family` overrides the lookup."""
     from . import families  # noqa: F401  - registers the built-in adapters
 
-    net, seen = model, 0
-    while family is None and seen < 8:
-        family = getattr(net, "rbv_family", None)  # the suite's `family:` (set by build_model)
-        inner = getattr(net, "backbone", None)
-        if not isinstance(inner, nn.Module):
+    net: nn.Module | None = model
+    for _ in range(8):
+        if family is not None or net is None:
             break
-        net, seen = inner, seen + 1
+        family = getattr(net, "rbv_family", None)  # the suite's `family:` (set by build_model)
+        net = _inner(net)
     net = unwrap(model)
     return ADAPTERS.get(family or family_of(net)), net
 

@@ -50,6 +50,8 @@ class VitAdapter(FamilyAdapter):
         pool = getattr(net, "global_pool", "token")
         if pool not in ("token", "avg") or getattr(net, "attn_pool", None) is not None:
             return f"{self.family}: token dropping supports token or avg pooling, not {pool!r}"
+        if not isinstance(getattr(net, "patch_drop", nn.Identity()), nn.Identity):
+            return f"{self.family}: patch dropout (patch_drop_rate > 0) reorders tokens in training"
         if getattr(net, "rope", None) is not None:
             return f"{self.family}: rotary position embeddings depend on the full grid"
         return None
