@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -110,6 +110,48 @@ class FamilyAdapter:
         """None when dropping fully ablated patch tokens is exact for this model, else why not."""
         return (f"{self.family}: token dropping needs absolute position embeddings added to "
                 "independent patch tokens (a plain ViT patch embedding)")
+
+
+class SequenceAdapter(FamilyAdapter):
+    """A ViT-like family: one `blocks` sequence of interchangeable blocks (it may be reordered,
+    pruned and shuffled), a patch embedding with `patch_size` and a fixed `grid_size`, and
+    `num_prefix_tokens` before the patch tokens of every attention input."""
+
+    def stages(self, net: Any) -> list[Stage]:
+        return single_stage(net)
+
+    def shuffle_stages(self, net: Any) -> list[Stage]:
+        return single_stage(net)
+
+    def order_stage(self, net: Any) -> Stage:
+        return single_stage(net)[0]
+
+    def token_grid(self, net: Any, attn: nn.Module) -> tuple[int, tuple[int, int]]:
+        if getattr(net, "dynamic_img_size", False):
+            return super().token_grid(net, attn)
+        return int(net.num_prefix_tokens), pair(net.patch_embed.grid_size)
+
+    def patch_size(self, net: Any) -> tuple[int, int]:
+        return pair(net.patch_embed.patch_size)
+
+
+class HierarchicalAdapter(FamilyAdapter):
+    """Stages of same-shape blocks joined by downsampling: each stage may be shuffled on its own;
+    reordering or pruning across the whole model is not defined. `stage_list` names the
+    attribute holding the stages (each with a `blocks` sequence)."""
+
+    stage_list: ClassVar[str] = "stages"
+    joined_by: ClassVar[str] = "of different widths"
+
+    def stages(self, net: Any) -> list[Stage]:
+        return nested_stages(net, self.stage_list)
+
+    def shuffle_stages(self, net: Any) -> list[Stage]:
+        return self.stages(net)
+
+    def reorder_reason(self, net: Any) -> str:
+        return (f"{type(net).__name__} is hierarchical ({len(self.stages(net))} stages "
+                f"{self.joined_by}): block order is defined for one sequence of same-shape blocks")
 
 
 ADAPTERS: Registry[FamilyAdapter] = FAMILIES

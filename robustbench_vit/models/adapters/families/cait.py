@@ -6,12 +6,13 @@ from typing import Any
 
 from torch import nn
 
-from ..base import FamilyAdapter, Stage, pair, register_adapter, single_stage
+from ..base import SequenceAdapter, Stage, pair, register_adapter, single_stage
 
 
 @register_adapter
-class CaitAdapter(FamilyAdapter):
-    """The CLS token joins only in `blocks_token_only` (class attention over CLS + patches)."""
+class CaitAdapter(SequenceAdapter):
+    """The CLS token joins only in `blocks_token_only` (class attention over CLS + patches), a
+    separate head stage that is never reordered."""
 
     family = "cait"
     timm_classes = ("Cait",)
@@ -21,15 +22,6 @@ class CaitAdapter(FamilyAdapter):
     def stages(self, net: Any) -> list[Stage]:
         return single_stage(net) + single_stage(net, "blocks_token_only")
 
-    def shuffle_stages(self, net: Any) -> list[Stage]:
-        return single_stage(net)  # class-attention blocks take (patches, cls): a separate head
-
-    def order_stage(self, net: Any) -> Stage:
-        return single_stage(net)[0]
-
     def token_grid(self, net: Any, attn: nn.Module) -> tuple[int, tuple[int, int]]:
         prefix = 1 if type(attn).__name__ == "ClassAttn" else 0
         return prefix, pair(net.patch_embed.grid_size)
-
-    def patch_size(self, net: Any) -> tuple[int, int]:
-        return pair(net.patch_embed.patch_size)

@@ -6,27 +6,17 @@ from typing import Any
 
 from torch import nn
 
-from ..base import FamilyAdapter, Stage, nested_stages, register_adapter
+from ..base import HierarchicalAdapter, register_adapter
 
 
 @register_adapter
-class LevitAdapter(FamilyAdapter):
+class LevitAdapter(HierarchicalAdapter):
     """`stages[i].blocks`; attention-downsampling between stages; distilled models average heads."""
 
     family = "levit"
     timm_classes = ("Levit",)
     attention_classes = ("Attention", "AttentionDownsample")
     head_reads = "mean of the last stage's tokens (distilled: mean of both heads in eval)"
-
-    def stages(self, net: Any) -> list[Stage]:
-        return nested_stages(net, "stages")
-
-    def shuffle_stages(self, net: Any) -> list[Stage]:
-        return self.stages(net)
-
-    def reorder_reason(self, net: Any) -> str:
-        return (f"LeViT is hierarchical ({len(net.stages)} stages of different widths): block "
-                "order is defined for one sequence of same-shape blocks")
 
     def patch_size(self, net: Any) -> tuple[int, int]:
         h = w = 1

@@ -9,7 +9,8 @@ from ..base import FamilyAdapter, Stage, nested_stages, pair, register_adapter
 
 @register_adapter
 class Mvitv2Adapter(FamilyAdapter):
-    """`stages[i].blocks`, iterated by the stage with the feature size; relative position bias."""
+    """`stages[i].blocks`, iterated by the stage with the feature size; relative position bias.
+    No block may move: the first of each stage pools and widens."""
 
     family = "mvitv2"
     timm_classes = ("MultiScaleVit",)

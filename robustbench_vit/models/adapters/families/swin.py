@@ -4,27 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base import FamilyAdapter, Stage, nested_stages, pair, register_adapter
+from ..base import HierarchicalAdapter, pair, register_adapter
 
 
 @register_adapter
-class SwinAdapter(FamilyAdapter):
+class SwinAdapter(HierarchicalAdapter):
     """`layers[i].blocks` per stage; attention within (shifted) windows with a position bias."""
 
     family = "swin"
     timm_classes = ("SwinTransformer",)
     attention_classes = ("WindowAttention",)
     head_reads = "mean of the last stage's tokens"
-
-    def stages(self, net: Any) -> list[Stage]:
-        return nested_stages(net, "layers")
-
-    def shuffle_stages(self, net: Any) -> list[Stage]:
-        return self.stages(net)  # blocks of a stage keep the shape (window shifts alternate)
-
-    def reorder_reason(self, net: Any) -> str:
-        return (f"{type(net).__name__} is hierarchical ({len(self.stages(net))} stages of "
-                "different widths): block order is defined for one sequence of same-shape blocks")
+    stage_list = "layers"
 
     def patch_size(self, net: Any) -> tuple[int, int]:
         return pair(net.patch_embed.patch_size)

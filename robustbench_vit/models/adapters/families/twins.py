@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base import FamilyAdapter, Stage, pair, register_adapter
+from ..base import HierarchicalAdapter, Stage, pair, register_adapter
 
 
 @register_adapter
-class TwinsAdapter(FamilyAdapter):
+class TwinsAdapter(HierarchicalAdapter):
     """`blocks[i]` per stage, iterated by the model (a position generator after block 0)."""
 
     family = "twins"
@@ -18,13 +18,6 @@ class TwinsAdapter(FamilyAdapter):
 
     def stages(self, net: Any) -> list[Stage]:
         return [Stage(f"blocks.{i}", net.blocks, str(i)) for i in range(len(net.blocks))]
-
-    def shuffle_stages(self, net: Any) -> list[Stage]:
-        return self.stages(net)
-
-    def reorder_reason(self, net: Any) -> str:
-        return (f"Twins is hierarchical ({len(net.blocks)} stages of different widths): block "
-                "order is defined for one sequence of same-shape blocks")
 
     def patch_size(self, net: Any) -> tuple[int, int]:
         return pair(net.patch_embeds[0].patch_size)

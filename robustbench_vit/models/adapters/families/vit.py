@@ -6,11 +6,11 @@ from typing import Any
 
 from torch import nn
 
-from ..base import FamilyAdapter, Stage, pair, register_adapter, single_stage
+from ..base import SequenceAdapter, register_adapter
 
 
 @register_adapter
-class VitAdapter(FamilyAdapter):
+class VitAdapter(SequenceAdapter):
     """One `blocks` Sequential; prefix CLS (then register tokens); absolute positions."""
 
     family = "vit"
@@ -21,23 +21,6 @@ class VitAdapter(FamilyAdapter):
     def prefix_token_names(self, net: Any) -> list[str]:
         """Names of the prefix token parameters, in sequence order."""
         return [n for n in ("cls_token", "reg_token") if getattr(net, n, None) is not None]
-
-    def stages(self, net: Any) -> list[Stage]:
-        return single_stage(net)
-
-    def shuffle_stages(self, net: Any) -> list[Stage]:
-        return self.stages(net)
-
-    def order_stage(self, net: Any) -> Stage:
-        return self.stages(net)[0]
-
-    def token_grid(self, net: Any, attn: nn.Module) -> tuple[int, tuple[int, int]]:
-        if getattr(net, "dynamic_img_size", False):
-            return super().token_grid(net, attn)
-        return int(net.num_prefix_tokens), pair(net.patch_embed.grid_size)
-
-    def patch_size(self, net: Any) -> tuple[int, int]:
-        return pair(net.patch_embed.patch_size)
 
     def token_dropping(self, net: Any) -> str | None:
         embed = net.patch_embed

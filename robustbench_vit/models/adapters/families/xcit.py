@@ -6,12 +6,13 @@ from typing import Any
 
 from torch import nn
 
-from ..base import FamilyAdapter, Stage, pair, register_adapter, single_stage
+from ..base import SequenceAdapter, Stage, pair, register_adapter, single_stage
 
 
 @register_adapter
-class XcitAdapter(FamilyAdapter):
-    """`blocks` (XCA, no CLS) take (x, H, W); `cls_attn_blocks` run on CLS + patches."""
+class XcitAdapter(SequenceAdapter):
+    """`blocks` (XCA, no CLS) take (x, H, W); `cls_attn_blocks` run on CLS + patches, a separate
+    head stage that is never reordered."""
 
     family = "xcit"
     timm_classes = ("Xcit",)
@@ -21,17 +22,8 @@ class XcitAdapter(FamilyAdapter):
     def stages(self, net: Any) -> list[Stage]:
         return single_stage(net) + single_stage(net, "cls_attn_blocks")
 
-    def shuffle_stages(self, net: Any) -> list[Stage]:
-        return single_stage(net)
-
-    def order_stage(self, net: Any) -> Stage:
-        return single_stage(net)[0]
-
     def token_grid(self, net: Any, attn: nn.Module) -> tuple[int, tuple[int, int]]:
         prefix = 1 if type(attn).__name__ == "ClassAttn" else 0
         p = pair(net.patch_embed.patch_size)
         h, w = pair(net.patch_embed.img_size)
         return prefix, (h // p[0], w // p[1])
-
-    def patch_size(self, net: Any) -> tuple[int, int]:
-        return pair(net.patch_embed.patch_size)
