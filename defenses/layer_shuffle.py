@@ -31,7 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robustbench_vit.api import Defense, Stage, UnsupportedModel, model_adapter, register_defense
+from robustbench_vit.api import Defense, Stage, UnsupportedModel, adapter_for, register_defense
 
 SLOT_DIM = 32
 
@@ -78,7 +78,7 @@ def shuffle_stages(model: nn.Module) -> list[Stage]:
 
     UnsupportedModel (the adapter's reason) when the family has none.
     """
-    adapter, net = model_adapter(model)
+    adapter, net = adapter_for(model)
     stages = adapter.shuffle_stages(net)
     replacements = [(stage, shuffled_container(stage)) for stage in stages]  # check all first
     for stage, container in replacements:
@@ -115,7 +115,7 @@ def slot_embedding_backbone(model: nn.Module) -> nn.Module:
     """The timm VisionTransformer the slot embedding attaches to; UnsupportedModel otherwise."""
     from timm.models.vision_transformer import VisionTransformer
 
-    _, net = model_adapter(model)
+    _, net = adapter_for(model)
     if not isinstance(net, VisionTransformer) or not isinstance(
             getattr(net, "norm_pre", None), nn.Module):
         raise UnsupportedModel(

@@ -47,7 +47,7 @@ from .data.corruptions import corrupt_batch
 from .models.adapters import FamilyAdapter, Stage, adapter_for, arranged, check_same_shapes
 from .models.adapters.attention import tempered
 from .models.sources import NormalizedModel
-from .models.vit import backbone_of, capture_block_outputs, model_adapter, num_blocks, patch_size
+from .models.vit import backbone_of, capture_block_outputs, num_blocks, patch_size
 from .results.table import DEFENSE_PARAMS, LONG_COLUMNS
 from .scenarios.base import CellContext, Scenario
 
@@ -110,7 +110,6 @@ __all__ = [
     "corrupt_batch",
     "capture_block_outputs",
     "import_submodules",
-    "model_adapter",
     "num_blocks",
     "patch_size",
     "proportion",

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,17 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(path: Path, build: Callable[[], None]) -> Path:
+    """`path`, after `build()` wrote it unless it exists: under a lock on `path`.lock, checked
+    again once the lock is held, so concurrent processes build one entry once."""
+    if path.is_file():
+        return path
+    with file_lock(path.with_suffix(".lock")):
+        if not path.is_file():  # not built by another process while we waited
+            build()
+    return path
 
 
 @contextlib.contextmanager

@@ -85,6 +85,12 @@ class Defense:
         """Why this defense cannot be applied to `model`, or None (the plan asks before anything
         runs; `model` may be a structure-only model on the meta device). The default applies the
         defense to a copy and reports an UnsupportedModel it raises: the same code as the cell."""
+        outcome = self.try_apply(model)
+        return outcome if isinstance(outcome, str) else None
+
+    def try_apply(self, model: nn.Module) -> nn.Module | str:
+        """The defense applied to a copy of `model` (made on its device: the meta device for the
+        plan), or the message of the UnsupportedModel `apply` raises."""
         import copy
 
         import torch
@@ -92,14 +98,13 @@ class Defense:
         from .errors import UnsupportedModel
 
         if type(self).apply is Defense.apply:
-            return None
+            return model
         device = next(iter(model.parameters()), torch.empty(0)).device
         try:
             with torch.device(device):
-                self.apply(copy.deepcopy(model))
+                return self.apply(copy.deepcopy(model))
         except UnsupportedModel as exc:
             return str(exc)
-        return None
 
     def attack_view(self, defended: nn.Module) -> nn.Module | None:
         """A differentiable model for gradient attacks (e.g. the base classifier on random

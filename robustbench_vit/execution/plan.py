@@ -9,7 +9,6 @@ device) is left to the cell, which skips or fails with its own message.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -81,19 +80,15 @@ def scenario_label(cell: Cell) -> str:
 
 
 def _defended(defense: Any, model: nn.Module) -> nn.Module | str:
-    """The defense applied to a meta copy of `model`, or the reason it does not apply."""
+    """The defense applied to a meta copy of `model` (applied once), or the reason it does not
+    apply: a defense's own `unsupported` when it overrides the default, else `apply`'s."""
     try:
-        reason = defense.unsupported(model)
-    except Exception as exc:  # noqa: BLE001 - the plan is advisory; the cell reports its own error
-        log.debug("plan: %s.unsupported: %s", type(defense).__name__, exc)
-        return model
-    if reason is not None:
-        return str(reason)
-    if type(defense).apply is Defense.apply:  # the model itself
-        return model
-    try:
-        with torch.device("meta"):
-            return defense.apply(copy.deepcopy(model))
+        if type(defense).unsupported is not Defense.unsupported:
+            reason = defense.unsupported(model)
+            if reason is not None:
+                return str(reason)
+        outcome: nn.Module | str = defense.try_apply(model)
+        return outcome
     except Exception as exc:  # noqa: BLE001 - the plan is advisory; the cell reports its own error
         log.debug("plan: %s on the meta device: %s", type(defense).__name__, exc)
         return model

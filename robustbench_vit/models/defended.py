@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.cache import cache_dir, file_lock, save_checkpoint
+from ..core.cache import build_once, cache_dir, save_checkpoint
 from ..core.cells import ModelConfig, stable_hash
 from ..core.errors import ModelLoadError
 from ..core.params import to_plain
@@ -56,37 +56,35 @@ def _fresh(name: str, defense: Any) -> nn.Module:
 
 def ensure_defended(base: ModelConfig, defense: Any, device: torch.device) -> Path:
     """Fine-tune `base` with `defense` unless cached; returns the checkpoint path."""
-    from .zoo import load_zoo_model
-
     if base.finetune is not None:
         return user_finetune.ensure_defended(base, defense, torch.device(device))
     path = defended_path(base, defense)
-    if path.is_file():
-        return path
-    with file_lock(path.with_suffix(".lock")):
-        if path.is_file():
-            return path
-        name = _recipe_name(base, defense)
-        recipe = ZOO.get(name)
-        trained = load_zoo_model(name, device).state_dict()
-        model = _fresh(name, defense).to(device)
-        missing = model.load_state_dict(trained, strict=False)
-        log.info("fine-tuning %s with %s (new: %s)", name, type(defense).__name__,
-                 ", ".join(missing.missing_keys[:6]) or "none")
-        cfg = TrainConfig(epochs=getattr(defense, "epochs", 10), batch_size=recipe.batch_size,
-                          lr=getattr(defense, "lr", 1e-3), weight_decay=recipe.weight_decay,
-                          seed=recipe.seed)
-        teacher = load_zoo_model(name, device).eval() if getattr(defense, "distill", False) \
-            else None
-        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
-                                   teacher=teacher, extra_loss=defense.training_loss)
-        test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
-        save_checkpoint(path, model, {
-            "base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
-            "test_accuracy": test_acc, "train_seconds": round(seconds, 2)})
-        log.info("%s + %s: test accuracy %.4f after %.1fs", name, type(defense).__name__,
-                 test_acc, seconds)
-    return path
+    return build_once(path, lambda: _fine_tune(_recipe_name(base, defense), defense, path,
+                                               torch.device(device)))
+
+
+def _fine_tune(name: str, defense: Any, path: Path, device: torch.device) -> None:
+    """Write zoo recipe `name` fine-tuned with `defense` (and its record) to `path`."""
+    from .zoo import load_zoo_model
+
+    recipe = ZOO.get(name)
+    base_model = load_zoo_model(name, device).eval()
+    model = _fresh(name, defense).to(device)
+    missing = model.load_state_dict(base_model.state_dict(), strict=False)
+    log.info("fine-tuning %s with %s (new: %s)", name, type(defense).__name__,
+             ", ".join(missing.missing_keys[:6]) or "none")
+    cfg = TrainConfig(epochs=getattr(defense, "epochs", 10), batch_size=recipe.batch_size,
+                      lr=getattr(defense, "lr", 1e-3), weight_decay=recipe.weight_decay,
+                      seed=recipe.seed)
+    teacher = base_model if getattr(defense, "distill", False) else None
+    seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
+                               teacher=teacher, extra_loss=defense.training_loss)
+    test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
+    save_checkpoint(path, model, {
+        "base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
+        "test_accuracy": test_acc, "train_seconds": round(seconds, 2)})
+    log.info("%s + %s: test accuracy %.4f after %.1fs", name, type(defense).__name__,
+             test_acc, seconds)
 
 
 def load_defended_model(base: ModelConfig, defense: Any, device: torch.device) -> nn.Module:

@@ -12,6 +12,7 @@ training record beside it:
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..core.cache import cache_dir, file_lock, save_checkpoint
+from ..core.cache import build_once, cache_dir, save_checkpoint
 from ..core.cells import ModelConfig, stable_hash
 from ..core.errors import ModelLoadError
 from ..core.params import field_names, to_plain, validate_params
@@ -170,11 +171,8 @@ def _record(cfg: ModelConfig, tc: TrainConfig, device: torch.device) -> dict[str
 def ensure_base(cfg: ModelConfig, device: torch.device) -> Path:
     """Fine-tune the model itself on its `finetune:` data unless cached; the checkpoint path."""
     path = base_path(cfg)
-    if path.is_file():
-        return path
-    with file_lock(path.with_suffix(".lock")):
-        if path.is_file():  # built by another process while we waited
-            return path
+
+    def build() -> None:
         ft = Finetune.of(cfg)
         model = build_source_model(cfg, device)
         tc = TrainConfig(epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr,
@@ -182,7 +180,8 @@ def ensure_base(cfg: ModelConfig, device: torch.device) -> Path:
         log.info("fine-tuning %s on %s (base: true)", cfg.source, ft.data["dataset"])
         record = _train(model, cfg, tc, device, cfg.source)
         save_checkpoint(path, model, {**_record(cfg, tc, device), "defense": None, **record})
-    return path
+
+    return build_once(path, build)
 
 
 def load_base(cfg: ModelConfig, device: torch.device) -> NormalizedModel:
@@ -203,33 +202,31 @@ def _with_defense(model: nn.Module, defense: Any) -> nn.Module:
 def ensure_defended(cfg: ModelConfig, defense: Any, device: torch.device) -> Path:
     """Fine-tune the (base) model with training defense `defense` unless cached; the path."""
     path = defended_path(cfg, defense)
-    if path.is_file():
-        return path
-    with file_lock(path.with_suffix(".lock")):
-        if path.is_file():
-            return path
+
+    def build() -> None:
         ft = Finetune.of(cfg)
         name = type(defense).__name__
-        model = _with_defense(build_model(cfg, device), defense).to(device)
+        base = build_model(cfg, device)
+        teacher = _frozen(copy.deepcopy(base)) if getattr(defense, "distill", False) else None
+        model = _with_defense(base, defense).to(device)
         tc = TrainConfig(epochs=getattr(defense, "epochs", ft.epochs), batch_size=ft.batch_size,
                          lr=getattr(defense, "lr", ft.lr), weight_decay=ft.weight_decay,
                          seed=TRAIN_SEED)
-        teacher = _teacher(cfg, device) if getattr(defense, "distill", False) else None
         log.info("fine-tuning %s with %s on %s", cfg.source, name, ft.data["dataset"])
         record = _train(model, cfg, tc, device, f"{cfg.source} + {name}", teacher=teacher,
                         extra_loss=defense.training_loss)
         save_checkpoint(path, model, {**_record(cfg, tc, device), "defense": name,
                                       "defense_settings": to_plain(defense),
                                       "distill": teacher is not None, **record})
-    return path
+
+    return build_once(path, build)
 
 
-def _teacher(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """The undefended (base) model, frozen: the teacher of a distilling defense."""
-    teacher = build_model(cfg, device).eval()
-    for p in teacher.parameters():
+def _frozen(model: nn.Module) -> nn.Module:
+    """`model` in eval mode without gradients: the undefended teacher of a distilling defense."""
+    for p in model.parameters():
         p.requires_grad_(False)
-    return teacher
+    return model.eval()
 
 
 def load_defended(cfg: ModelConfig, defense: Any, device: torch.device) -> nn.Module:

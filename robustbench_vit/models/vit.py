@@ -9,54 +9,36 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..core.errors import UnknownNameError, UnsupportedModel
-from .adapters import FamilyAdapter, adapter_for, unwrap
+from ..core.errors import UnsupportedModel
+from .adapters import adapter_for
 
 
-def model_adapter(model: nn.Module) -> tuple[FamilyAdapter, nn.Module]:
-    """(adapter, timm network) of the outermost module of `model` that a family adapter knows:
-    the model itself or one it wraps, also through wrappers `adapter_for` does not follow (an
-    EOTModel's `model`); UnsupportedModel when no module of it belongs to a known family."""
-    fallback: tuple[FamilyAdapter, nn.Module] | None = None
-    for module in model.modules():
-        try:
-            adapter, net = adapter_for(module)
-        except UnknownNameError:  # the class of no registered family, and no generic adapter
-            continue
-        if adapter.family != "generic":
-            return adapter, net
-        fallback = fallback or (adapter, net)
-    if fallback is not None:
-        return fallback
-    raise UnsupportedModel(f"{type(unwrap(model)).__name__} belongs to no model family the "
-                           "adapters know (`rbv ls families`)")
+def _with_blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """(timm network, its feature blocks); UnsupportedModel when the family has none (CNNs)."""
+    adapter, net = adapter_for(model)
+    blocks = adapter.feature_blocks(net)
+    if not blocks:
+        raise UnsupportedModel(f"{adapter.family}: {type(net).__name__} has no encoder blocks: "
+                               "this needs a transformer-family model")
+    return net, blocks
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
     """The timm network inside a (wrapped) model; UnsupportedModel when its family has no
     encoder blocks (CNNs)."""
-    adapter, net = model_adapter(model)
-    if not adapter.stages(net):
-        raise UnsupportedModel(f"{adapter.family}: {type(net).__name__} has no encoder blocks: "
-                               "this needs a transformer-family model")
-    return net
+    return _with_blocks(model)[0]
 
 
 def feature_blocks(model: nn.Module) -> list[nn.Module]:
     """The encoder blocks whose outputs are intermediate features, in execution order (every
     stage); UnsupportedModel for models without blocks."""
-    adapter, net = model_adapter(model)
-    blocks = adapter.feature_blocks(net)
-    if not blocks:
-        raise UnsupportedModel(f"{adapter.family}: {type(net).__name__} has no encoder blocks: "
-                               "this needs a transformer-family model")
-    return blocks
+    return _with_blocks(model)[1]
 
 
 def patch_size(model: nn.Module) -> tuple[int, int]:
     """The pixel step (height, width) between neighbouring tokens of the first token grid;
     UnsupportedModel for models without patch tokens."""
-    adapter, net = model_adapter(model)
+    adapter, net = adapter_for(model)
     return adapter.patch_size(net)
 
 

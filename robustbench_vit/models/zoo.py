@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import torch
 
-from ..core.cache import atomic_path, cache_dir, file_lock, save_checkpoint
+from ..core.cache import atomic_path, build_once, cache_dir, save_checkpoint
 from ..core.cells import ModelConfig, stable_hash
 from ..core.params import to_plain
 from ..core.registry import DATASETS, ZOO
@@ -191,38 +191,38 @@ def ensure_trained(
     """Train recipe `name` unless its checkpoint is cached; returns the checkpoint path."""
     recipe: Recipe = ZOO.get(name)
     path = checkpoint_path(name, recipe)
-    if path.is_file():
-        return path
-    with file_lock(path.with_suffix(".lock")):
-        if path.is_file():  # built by another process while we waited
-            return path
-        reference = reference_checkpoint(name, recipe)
-        if reference is not None and install_reference(reference, path):
-            log.info("zoo recipe %s (%s): the shipped reference checkpoint", name,
-                     recipe.recipe_hash())
-            return path
-        device = torch.device(device)
-        log.info("training zoo recipe %s (%s) on %s", name, recipe.recipe_hash(), device)
-        model = initial_model(recipe, device)
-        teacher = load_zoo_model(recipe.teacher, device) if recipe.teacher else None
-        cfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                          weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-                          max_shift=recipe.max_shift, seed=recipe.seed,
-                          distill_temperature=recipe.distill_temperature,
-                          distill_weight=recipe.distill_weight)
-        seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
-                                   on_epoch, teacher=teacher)
-        finetune.finalize(model)
-        test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
-        log.info("zoo recipe %s: test accuracy %.4f after %.1fs", name, test_acc, seconds)
-        save_checkpoint(path, model.backbone, {
-            "recipe": name, "hash": recipe.recipe_hash(), "settings": to_plain(recipe),
-            "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
-            "device": str(device), "torch": torch.__version__})
-        if test_acc < recipe.min_accuracy:
-            log.warning("zoo recipe %s reached %.4f, below its target %.2f", name, test_acc,
-                        recipe.min_accuracy)
-    return path
+    return build_once(path, lambda: _train_recipe(name, recipe, path, torch.device(device),
+                                                  on_epoch))
+
+
+def _train_recipe(name: str, recipe: Recipe, path: Path, device: torch.device,
+                  on_epoch: Callable[[int, float], None] | None) -> None:
+    """Write recipe `name`'s checkpoint to `path`: the shipped reference, or trained here."""
+    reference = reference_checkpoint(name, recipe)
+    if reference is not None and install_reference(reference, path):
+        log.info("zoo recipe %s (%s): the shipped reference checkpoint", name,
+                 recipe.recipe_hash())
+        return
+    log.info("training zoo recipe %s (%s) on %s", name, recipe.recipe_hash(), device)
+    model = initial_model(recipe, device)
+    teacher = load_zoo_model(recipe.teacher, device) if recipe.teacher else None
+    cfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                      weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+                      max_shift=recipe.max_shift, seed=recipe.seed,
+                      distill_temperature=recipe.distill_temperature,
+                      distill_weight=recipe.distill_weight)
+    seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
+                               on_epoch, teacher=teacher)
+    finetune.finalize(model)
+    test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
+    log.info("zoo recipe %s: test accuracy %.4f after %.1fs", name, test_acc, seconds)
+    save_checkpoint(path, model.backbone, {
+        "recipe": name, "hash": recipe.recipe_hash(), "settings": to_plain(recipe),
+        "test_accuracy": test_acc, "train_seconds": round(seconds, 2),
+        "device": str(device), "torch": torch.__version__})
+    if test_acc < recipe.min_accuracy:
+        log.warning("zoo recipe %s reached %.4f, below its target %.2f", name, test_acc,
+                    recipe.min_accuracy)
 
 
 def initial_model(recipe: Recipe, device: torch.device) -> NormalizedModel:

@@ -32,8 +32,7 @@ from pydantic import Field
 from ...core.metrics import Measurement, proportion, register_metric
 from ...core.params import ParamError
 from ...core.registry import SCENARIOS
-from ...models.adapters import Stage, arranged, check_same_shapes
-from ...models.vit import model_adapter
+from ...models.adapters import Stage, adapter_for, arranged, check_same_shapes
 from ..base import CellContext, PlanContext, Scenario, skip_reason
 from ..shift import scenario_seed
 
@@ -97,11 +96,11 @@ class LayerOrderScenario(Scenario):
 
     @torch.no_grad()
     def unsupported(self, ctx: PlanContext) -> str | None:
-        adapter, net = model_adapter(ctx.model)
+        adapter, net = adapter_for(ctx.model)
         return skip_reason(lambda: adapter.order_stage(net))
 
     def run(self, ctx: CellContext) -> list[Measurement]:
-        adapter, net = model_adapter(ctx.model)
+        adapter, net = adapter_for(ctx.model)
         stage = adapter.order_stage(net)
         depth = len(stage.blocks)
         rows = self.arrangements(depth, ctx.seed)
