@@ -184,6 +184,17 @@ class SmoothedViT(nn.Module):
         votes = torch.zeros(len(x), classes, device=x.device)
         return votes.scatter_add_(1, preds.T, torch.ones_like(preds.T, dtype=votes.dtype))
 
+    def soft_vote(self, x: torch.Tensor) -> torch.Tensor:
+        """log of the mean softmax (B, classes) of the base classifier over every ablation
+        position: the differentiable counterpart of `votes` (its attack view)."""
+        total: torch.Tensor | None = None
+        for part, logits in self._logit_chunks(x, None):
+            probs = logits.float().softmax(-1).view(len(part), len(x), -1).sum(0)
+            total = probs if total is None else total + probs
+        assert total is not None
+        count = len(self.positions(*x.shape[-2:]))
+        return (total / count).clamp_min(torch.finfo(total.dtype).tiny).log()
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor, token_dropping: bool | None = None) -> torch.Tensor:
         """Logits (A, B, classes) of the base classifier on every ablation of every image (for
@@ -324,17 +335,18 @@ class SmoothedViT(nn.Module):
         return tokens.expand(n, -1, -1)
 
 
-class RandomAblationView(nn.Module):
-    """The base classifier on one random ablation per forward: a differentiable attack stand-in."""
+class SoftVoteView(nn.Module):
+    """The smoothed classifier made differentiable: log of the base classifier's softmax averaged
+    over every ablation position (the soft vote), so a gradient attack sees — and moves — every
+    ablation at once, as the hard vote it is judged by does. Deterministic; token dropping (when
+    the defense uses it) keeps it fast."""
 
     def __init__(self, smoothed: SmoothedViT):
         super().__init__()
         self.smoothed = smoothed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        positions = self.smoothed.positions(*x.shape[-2:])
-        pick = int(torch.randint(len(positions), (1,)))
-        return self.smoothed.ablated_logits(x, positions[pick])
+        return self.smoothed.soft_vote(x)
 
 
 @register_defense("smoothing")
@@ -370,4 +382,4 @@ class SmoothingDefense(Defense):
                 "smoothing attacks the ablations of the SmoothedViT it applied, got "
                 f"{type(defended).__name__}"
             )
-        return RandomAblationView(defended)
+        return SoftVoteView(defended)

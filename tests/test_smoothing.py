@@ -111,21 +111,26 @@ def test_token_dropping_matches_on_the_ablation_trained_model(
     assert len(dropped.argmax(1).unique()) > 3  # the votes are informative, not one constant class
 
 
-def test_attack_view_is_differentiable_and_random(
+def test_attack_view_is_the_differentiable_soft_vote(
     digits_model: torch.nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
+    """The attack sees every ablation at once: log of the mean softmax over all positions."""
     import copy
 
     defense = smoothing()
     assert not type(defense).differentiable and not defense.needs_training()
     assert smoothing(train=True).needs_training()
-    view = defense.attack_view(defense.apply(copy.deepcopy(digits_model)).eval())
+    smoothed = defense.apply(copy.deepcopy(digits_model)).eval()
+    view = defense.attack_view(smoothed)
     x = digits_batch[0][:8].clone().requires_grad_(True)
-    view(x).logsumexp(1).sum().backward()
+    out = view(x)
+    torch.testing.assert_close(out.exp(), smoothed.logits(x.detach()).softmax(-1).mean(0))
+    torch.nn.functional.cross_entropy(out, digits_batch[1][:8]).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    torch.manual_seed(0)
-    outs = {tuple(view(x).detach()[0].round(decimals=4).tolist()) for _ in range(6)}
-    assert len(outs) > 1
+    # every ablation band gets gradient (one random ablation would reach 4 of 32 columns)
+    assert (x.grad.abs().sum((0, 1, 2)) > 0).float().mean() > 0.9
+    with torch.no_grad():
+        assert torch.equal(view(x), view(x))  # deterministic: no EOT needed
 
 
 def context(
