@@ -17,6 +17,7 @@ from ._common import require_torchattacks, run_torchattack
 @dataclass(frozen=True, kw_only=True)
 class _APGD(Attack):
     loss: ClassVar[str]
+    returns_clean_on_failure: ClassVar[bool] = True
     norm: Norm = "Linf"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
     steps: Annotated[int, Field(ge=1)] = 100

@@ -21,6 +21,7 @@ class AutoAttack(Attack):
     """AutoAttack standard: APGD-CE, APGD-T (9 targets), FAB-T, Square 5000; worst per image."""
 
     min_classes: ClassVar[int] = 4  # targeted DLR uses the 4th-largest logit
+    returns_clean_on_failure: ClassVar[bool] = True
     norm: Norm = "Linf"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
     version: Literal["standard", "plus", "rand"] = "standard"

@@ -20,6 +20,7 @@ class Square(Attack):
     """Square: query-only random search on the margin loss; exposes gradient masking."""
 
     needs_gradients: ClassVar[bool] = False
+    returns_clean_on_failure: ClassVar[bool] = True
     norm: Norm = "Linf"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
     n_queries: Annotated[int, Field(ge=1)] = 5000

@@ -34,12 +34,15 @@ from torch import nn
 from robustbench_vit.api import Defense, Stage, UnsupportedModel, adapter_for, register_defense
 
 SLOT_DIM = 32
+EOT_SAMPLES = 16
+"""Random block orders a gradient attack averages per step under `eval_order: random`."""
 
 
 def _execution_order(container: nn.Module) -> Iterator[nn.Module]:
-    """The container's modules: a fresh random permutation in training mode, else in order."""
+    """The container's modules: a fresh random permutation in training mode (and in eval mode
+    when the container's `random_eval` is set), else in order."""
     modules = [m for m in container._modules.values() if m is not None]
-    if not container.training:
+    if not container.training and not getattr(container, "random_eval", False):
         return iter(modules)
     return iter([modules[i] for i in torch.randperm(len(modules)).tolist()])
 
@@ -154,7 +157,19 @@ class LayerShuffle(Defense):
     epochs: Annotated[int, Field(ge=1)] = 15
     lr: Annotated[float, Field(gt=0)] = 1e-3
     slot_embedding: bool = False
+    eval_order: Literal["fixed", "random"] = "fixed"
+    """"random": every evaluation forward runs the blocks in a fresh random order (the paper's
+    random-order test); a randomized model, so gradient attacks average EOT_SAMPLES orders."""
 
     def apply(self, model: nn.Module) -> nn.Module:
-        make_layer_shuffle(model, self.slot_embedding)
+        for stage in make_layer_shuffle(model, self.slot_embedding):
+            stage.blocks.random_eval = self.eval_order == "random"
         return model
+
+    def eot_samples(self) -> int:
+        return EOT_SAMPLES if self.eval_order == "random" else 1
+
+    def training_settings(self) -> dict[str, object]:
+        settings = super().training_settings()
+        settings.pop("eval_order", None)  # the same fine-tuned weights serve both orders
+        return settings

@@ -23,7 +23,7 @@ err = Console(stderr=True, soft_wrap=True)
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Folder of the results database.")]
 SuiteArg = Annotated[Path, typer.Argument(help="Suite YAML file.")]
 KINDS = ("attacks", "defenses", "scenarios", "datasets", "metrics", "zoo", "corruptions",
-         "aggregates", "plots", "families")
+         "aggregates", "annotations", "plots", "families", "flags")
 
 
 def fail(exc: RbvError) -> typer.Exit:

@@ -5,6 +5,7 @@ Rows are committed directly (no model runs), so building it takes milliseconds.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from robustbench_vit.core.cells import Cell, DataConfig, ModelConfig
@@ -39,9 +40,9 @@ def subject_rows(store: ResultStore, model: str, defense: str, dparams: dict[str
     args = {"defense": defense, "defense_params": dparams}
     commit(store, cell(model, "clean", {}, **args), proportion("accuracy", base, 100))
     for i, eps in enumerate(EPS):
-        extra = {"flag": NOT_DIFFERENTIABLE} if flagged else {}
+        flags = (NOT_DIFFERENTIABLE,) if flagged else ()
         commit(store, cell(model, "attack", {"name": "pgd", "eps": eps}, **args),
-               proportion("robust_accuracy", base // (2 + 2 * i), 100, **extra))
+               replace(proportion("robust_accuracy", base // (2 + 2 * i), 100), flags=flags))
     for severity in (1, 3):
         commit(store, cell(model, "corruption", {"severity": severity, "names": ["fog", "snow"]},
                            **args),

@@ -1,8 +1,8 @@
 """The package's shape: imports point down the layers, no import circles, lazy top level.
 
 The layers, lowest first (README "Architecture"): core; models and data; config; results; report;
-scenarios; execution; then api, cli and the pytest plugin. A module may import its own layer and
-the layers below it, never one above.
+audit; scenarios; execution; then api, cli and the pytest plugin. A module may import its own
+layer and the layers below it, never one above.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "robustbench_vit"
 
 LAYERS = {
-    "core": 0, "models": 1, "data": 1, "config": 2, "results": 3, "report": 4, "scenarios": 5,
-    "execution": 6, "api": 7, "cli": 8, "pytest_plugin": 8, "__init__": 8,
+    "core": 0, "models": 1, "data": 1, "config": 2, "results": 3, "report": 4, "audit": 5,
+    "scenarios": 6, "execution": 7, "api": 8, "cli": 9, "pytest_plugin": 9, "__init__": 9,
 }
 
 

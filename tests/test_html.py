@@ -24,6 +24,7 @@ from html_results import (
     write_results,
 )
 
+from robustbench_vit.core.registry import FLAGS
 from robustbench_vit.report.html import (
     SuiteNotFound,
     export_html,
@@ -99,10 +100,14 @@ def test_cells_carry_intervals_sizes_flags_and_best(page: dict) -> None:
     assert vit["ci"][0] < 0.9 < vit["ci"][1] and vit["best"]
     pgd = labels.index("attack:pgd eps=8/255 robust_accuracy")  # the flag is not a column
     smoothing = next(r for r in board["rows"] if r["defense"] == "smoothing(size=4)")
-    assert smoothing["cells"][pgd]["flag"] == NOT_DIFFERENTIABLE
+    explanation = FLAGS.get(NOT_DIFFERENTIABLE).explanation
+    assert smoothing["cells"][pgd]["flags"] == [{"name": NOT_DIFFERENTIABLE,
+                                                 "text": explanation}]
     assert not smoothing["cells"][clean]["best"]
-    assert page["flags"] == [{"model": "vit", "defense": "smoothing(size=4)",
-                              "scenario": "attack:pgd", "flag": NOT_DIFFERENTIABLE}]
+    assert page["flags"] == [
+        {"model": "vit", "defense": "smoothing(size=4)", "flag": NOT_DIFFERENTIABLE,
+         "scenario": f"attack:pgd eps={eps} robust_accuracy", "text": explanation}
+        for eps in ("2/255", "8/255")]
 
 
 def test_provenance(page: dict) -> None:
@@ -224,7 +229,8 @@ def test_page_has_table_controls_and_plots(html_text: str) -> None:
     assert sum(1 for t, _ in parsed.tags if t == "svg") == 8
     text = "".join(parsed.text)
     for label in ("robust accuracy (%)", "ε", "severity", "encoder blocks removed",
-                  "certified accuracy", "smoothed accuracy", NOT_DIFFERENTIABLE):
+                  "certified accuracy", "smoothed accuracy", NOT_DIFFERENTIABLE,
+                  FLAGS.get(NOT_DIFFERENTIABLE).explanation):
         assert label in text, label
 
 

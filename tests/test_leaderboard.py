@@ -215,7 +215,7 @@ def test_json_round_trips(rows: pd.DataFrame) -> None:
     records = json.loads(lb.to_json(table))
     assert len(records) == len(table)
     for record, (_, row) in zip(records, table.iterrows(), strict=False):
-        assert set(record) == set(lb.LONG_COLUMNS)
+        assert set(record) == set(lb.LONG_COLUMNS) - {"examples"}  # bitmaps stay internal
         assert isinstance(record["params"], dict)
         assert canonical_json(record["params"]) == row["params"]
         assert record["value"] == pytest.approx(row["value"])

@@ -155,7 +155,7 @@ BAD = [
     Bad("gate-unknown-metric", BASE + GATE.replace("metric: accuracy", "metric: acuracy"),
         "gates[0].metric", "did you mean 'accuracy'"),
     Bad("gate-without-bounds", BASE + GATE.replace(", min: 0.5", ""),
-        "gates[0]", "needs `min:`, `max:` or `baseline: true`"),
+        "gates[0]", "needs `min:`, `max:`, `baseline: true`, `no_flags: true` or `better_than:`"),
     Bad("gate-min-above-max", BASE + GATE.replace("min: 0.5", "min: 0.5, max: 0.4"),
         "gates[0]", "min 0.5 is above max 0.4"),
     Bad("gate-mapping-unknown-key", BASE + "gates: {evaluate: true, checks: "

@@ -248,7 +248,8 @@ TINY_MODEL = f"""\
 """
 PGD_SWEEP = """\
   - {kind: clean}
-  - {kind: attack, name: pgd, steps: 5, sweep: {eps: [1/255, 2/255, 4/255, 8/255]}}
+  - {kind: attack, name: pgd, steps: 5, indicators: false,
+     sweep: {eps: [1/255, 2/255, 4/255, 8/255]}}
 """
 N_CELLS = 5
 

@@ -117,6 +117,19 @@ class RunnerSpec(_Strict):
     """$RBV_CACHE for the workers (a folder on shared storage for a multi-node cluster)."""
 
 
+class CompareSpec(_Strict):
+    """The other side of a paired gate: the model and/or defense (label) to compare with."""
+
+    model: str | None = None
+    defense: str | None = None
+
+    @model_validator(mode="after")
+    def _names_one(self) -> CompareSpec:
+        if self.model is None and self.defense is None:
+            raise ValueError("better_than needs a model and/or a defense to compare with")
+        return self
+
+
 class GateSpec(_Strict):
     """One gate: a metric of the rows matching a pattern must stay inside [min, max], and/or
     not regress from the suite's baseline file by more than its confidence intervals allow.
@@ -136,6 +149,11 @@ class GateSpec(_Strict):
     """Compare to results/baselines/<suite>.csv: fail when worse beyond the confidence margin."""
     tolerance: Annotated[Real, Field(ge=0)] = 0.0
     """Extra absolute slack added to the statistical margin of a baseline gate."""
+    no_flags: bool = False
+    """Fail when a matched row carries a flag (an attack-failure indicator fired on it)."""
+    better_than: CompareSpec | None = None
+    """Compare on the same images: the matched row must beat the row of the same scenario,
+    params and metric of this other model/defense beyond the paired (McNemar) interval."""
 
 
 class GatesSpec(_Strict):

@@ -306,7 +306,9 @@ def _check_gates(spec: SuiteSpec, problems: _Problems) -> None:
         if not fnmatch.filter(names, gate.model):
             problems.add(f"{where}.model", f"no model of this suite matches {gate.model!r} "
                          f"(models: {', '.join(names)})")
-        if gate.min is None and gate.max is None and not gate.baseline:
-            problems.add(where, "a gate needs `min:`, `max:` or `baseline: true`")
+        if gate.min is None and gate.max is None and not gate.baseline and not gate.no_flags \
+                and gate.better_than is None:
+            problems.add(where, "a gate needs `min:`, `max:`, `baseline: true`, "
+                                "`no_flags: true` or `better_than:`")
         if gate.min is not None and gate.max is not None and gate.min > gate.max:
             problems.add(where, f"min {gate.min} is above max {gate.max}")

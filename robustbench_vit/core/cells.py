@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CELL_FORMAT = 2
+CELL_FORMAT = 3
 """Bump when evaluation code changes numbers for identical cells (part of every key)."""
 
 

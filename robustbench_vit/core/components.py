@@ -6,8 +6,10 @@ Images are float tensors in [0,1] pixel space; models take such images (normaliz
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -23,10 +25,15 @@ class Attack:
     `threat_model` is (norm, eps) for bounded attacks, None for unbounded ones (patches); the
     framework checks every output against it. `needs_gradients` marks white-box attacks, so a
     non-differentiable defense can be flagged. `min_classes`: fewer classes make the cell skipped.
+    `unbounded` and `stronger` give the variants the attack-failure indicators run.
     """
 
     needs_gradients: ClassVar[bool] = True
     min_classes: ClassVar[int] = 2
+    returns_clean_on_failure: ClassVar[bool] = False
+    """True for attacks that return the unchanged image where they fail (APGD, Square,
+    AutoAttack): their output says nothing of their progress, so the `silent` indicator skips
+    them."""
 
     def threat_model(self) -> tuple[str, float] | None:
         """(norm, eps) of the budget, or None when the attack is unbounded."""
@@ -52,6 +59,38 @@ class Attack:
         be given), or None. Used by the plan before anything runs; the cell still checks."""
         return None
 
+    def unbounded(self, dims: int) -> Attack | None:
+        """This attack at a budget that must win on inputs of `dims` values (L∞ eps 1, L2 the
+        diameter of [0,1]^dims), from the clean image, with at least 10 steps of a tenth of that
+        budget where it has `steps` / `alpha` (a few steps of 2.5·eps/steps jump between corners
+        of the cube and can miss); None for an attack without a budget. The `unbounded`
+        attack-failure indicator runs it."""
+        threat = self.threat_model()
+        if threat is None:
+            return None
+        eps = 1.0 if threat[0] == "Linf" else math.sqrt(dims)
+        changes: dict[str, object] = {"eps": eps}
+        fields = self._fields()
+        if "random_start" in fields:
+            changes["random_start"] = False
+        if "alpha" in fields:
+            changes["alpha"] = eps / 10
+        if "steps" in fields:
+            changes["steps"] = max(10, int(fields["steps"]))
+        return dataclasses.replace(self, **changes)
+
+    def stronger(self) -> Attack | None:
+        """This attack with twice the iterations (`steps`, else `n_queries`), or None when it has
+        neither. The `not_converged` attack-failure indicator runs it."""
+        fields = self._fields()
+        for name in ("steps", "n_queries"):
+            if fields.get(name):
+                return dataclasses.replace(self, **{name: 2 * int(fields[name])})
+        return None
+
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Defense:
@@ -61,8 +100,10 @@ class Defense:
     base model with the defense applied, cached by content hash; `needs_training` may depend on a
     field). `apply` receives a private copy and may edit it in place. Training hooks: `epochs`,
     `lr` and `distill` (True: the undefended base model is the teacher of a distillation loss)
-    fields when present, and `training_loss` for extra loss terms. `differentiable` False
-    flags gradient-attack rows unless `attack_view` gives a differentiable stand-in to attack.
+    fields when present, and `training_loss` for extra loss terms. How attacks must see it (its
+    adaptive view): `attack_view` (the differentiable stand-in gradient attacks run on) and
+    `eot_samples` (randomized defenses); `differentiable` False without a view flags
+    gradient-attack rows.
     """
 
     stage: ClassVar[Literal["inference", "training"]] = "inference"
@@ -107,6 +148,20 @@ class Defense:
             return str(exc)
 
     def attack_view(self, defended: nn.Module) -> nn.Module | None:
-        """A differentiable model for gradient attacks (e.g. the base classifier on random
-        ablations, attacked with EOT); None to attack `defended` itself."""
+        """The adaptive view gradient attacks run on (the decision made differentiable, e.g.
+        smoothing's soft vote over every ablation); None to attack `defended` itself. The
+        defended model still judges every adversarial example."""
         return None
+
+    def eot_samples(self) -> int:
+        """Random draws a gradient attack averages per step (expectation over transformation)
+        when the defended model is randomized; 1 for a deterministic one. A suite's `eot:` on an
+        attack may raise it, never lower it."""
+        return 1
+
+    def training_settings(self) -> dict[str, object]:
+        """The fields that set the fine-tuned weights of a training defense (its checkpoint's
+        cache key); fields that only change how the trained model is evaluated stay out."""
+        from .params import to_plain
+
+        return to_plain(self)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import RbvError
-from .registry import METRICS
+from .registry import FLAGS, METRICS
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +41,26 @@ class Measurement:
     ci_high: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     scenario_name: str | None = None
+    flags: tuple[str, ...] = ()
+    """Caveats on the number (attack-failure indicators that fired, see `audit.indicators`)."""
+    examples: str | None = None
+    """Per-example outcomes behind a proportion (`core.outcomes.ExampleBits.encode`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flag:
+    """A caveat a result row can carry (an attack-failure indicator...): its name and the
+    sentence the leaderboard shows."""
+
+    name: str
+    explanation: str
+
+
+def register_flag(name: str, explanation: str) -> Flag:
+    """Register a flag's meaning (`rbv ls flags`); the same definition again is a no-op."""
+    flag = Flag(name=name, explanation=explanation)
+    FLAGS.register(name, flag, description=explanation)
+    return flag
 
 
 def register_metric(name: str, *, higher_is_better: bool, description: str,
@@ -117,3 +137,20 @@ def calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15)
         if inside.any():
             ece += inside.float().mean() * (correct[inside].mean() - conf[inside].mean()).abs()
     return float(ece)
+
+
+def paired_difference(only_first: int, only_second: int, n: int,
+                      z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """Difference p1 - p2 of two proportions measured on the same n items, with its interval.
+
+    `only_first`: items counted by the first measurement and not by the second; `only_second`:
+    the reverse (McNemar's discordant pairs; concordant items do not move the difference). The
+    interval is Agresti & Min's (2005) Wald interval after adding 1/2 to each cell of the 2x2
+    table, so 0 discordant pairs still has a width. (0, -1, 1) when n == 0.
+    """
+    if n <= 0:
+        return 0.0, -1.0, 1.0
+    b, c, m = only_first + 0.5, only_second + 0.5, n + 2.0
+    diff = (b - c) / m
+    half = z * math.sqrt(max((b + c) - (b - c) ** 2 / m, 0.0)) / m
+    return (only_first - only_second) / n, max(-1.0, diff - half), min(1.0, diff + half)

@@ -126,8 +126,13 @@ ZOO: Registry[Any] = Registry("zoo recipe")
 CORRUPTIONS: Registry[Any] = Registry("corruption")
 AGGREGATES: Registry[Any] = Registry("aggregate")
 """Functions from the long table (stored rows) to derived rows (mCE, order statistics...)."""
+ANNOTATIONS: Registry[Any] = Registry("annotation")
+"""Functions from the long table (stored and derived rows) to flags they add to rows: a Series of
+flag lists indexed like the table (e.g. a black-box attack beating a gradient attack)."""
 PLOTS: Registry[Any] = Registry("plot")
 """Functions from the prepared long table to plot dicts for the HTML report (meta: `order`)."""
+FLAGS: Registry[Any] = Registry("flag")
+"""Caveats a result row can carry (attack-failure indicators...): name -> the sentence shown."""
 FAMILIES: Registry[Any] = Registry("model family")
 """Model-family adapters (robustbench_vit.models.adapters), one instance per family."""
 
@@ -140,6 +145,8 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "zoo": ZOO,
     "corruptions": CORRUPTIONS,
     "aggregates": AGGREGATES,
+    "annotations": ANNOTATIONS,
     "plots": PLOTS,
     "families": FAMILIES,
+    "flags": FLAGS,
 }

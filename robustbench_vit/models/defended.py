@@ -16,7 +16,6 @@ from torch import nn
 from ..core.cache import build_once, cache_dir, save_checkpoint
 from ..core.cells import ModelConfig, stable_hash
 from ..core.errors import ModelLoadError
-from ..core.params import to_plain
 from ..core.registry import ZOO
 from . import user_finetune
 from .sources import split_source
@@ -43,7 +42,7 @@ def defended_path(base: ModelConfig, defense: Any) -> Path:
         return user_finetune.defended_path(base, defense)
     name = _recipe_name(base, defense)
     key = stable_hash([DEFENSE_FORMAT, ZOO.get(name).recipe_hash(), type(defense).__name__,
-                       to_plain(defense)])
+                       defense.training_settings()])
     return cache_dir("zoo") / f"{name}+{type(defense).__name__}-{key}.safetensors"
 
 
@@ -81,7 +80,7 @@ def _fine_tune(name: str, defense: Any, path: Path, device: torch.device) -> Non
                                teacher=teacher, extra_loss=defense.training_loss)
     test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
     save_checkpoint(path, model, {
-        "base": name, "defense": type(defense).__name__, "settings": to_plain(defense),
+        "base": name, "defense": type(defense).__name__, "settings": defense.training_settings(),
         "test_accuracy": test_acc, "train_seconds": round(seconds, 2)})
     log.info("%s + %s: test accuracy %.4f after %.1fs", name, type(defense).__name__,
              test_acc, seconds)

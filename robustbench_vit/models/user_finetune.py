@@ -105,7 +105,7 @@ def defended_path(cfg: ModelConfig, defense: Any) -> Path:
     """Where `cfg` fine-tuned with training defense `defense` lives in the cache."""
     name = type(defense).__name__
     key = stable_hash([FINETUNE_FORMAT, weights_fingerprint(cfg), cfg.finetune, name,
-                       to_plain(defense)])
+                       defense.training_settings()])
     return cache_dir("finetune") / f"{_slug(cfg)}+{name}-{key}.safetensors"
 
 
@@ -216,7 +216,7 @@ def ensure_defended(cfg: ModelConfig, defense: Any, device: torch.device) -> Pat
         record = _train(model, cfg, tc, device, f"{cfg.source} + {name}", teacher=teacher,
                         extra_loss=defense.training_loss)
         save_checkpoint(path, model, {**_record(cfg, tc, device), "defense": name,
-                                      "defense_settings": to_plain(defense),
+                                      "defense_settings": defense.training_settings(),
                                       "distill": teacher is not None, **record})
 
     return build_once(path, build)

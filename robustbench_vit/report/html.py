@@ -100,9 +100,10 @@ def cell_view(cell: dict[str, Any], column: dict[str, Any]) -> dict[str, Any]:
         pm = f"±{(high - low) / 2:.1f}" if scale == 100 else f"±{(high - low) / 2:.2g}"
     if cell["n"] is not None:
         tip.append(f"n={cell['n']}")
-    if cell["flag"]:
-        tip.append(f"flag: {cell['flag']}")
-    return {**cell, "tip": ", ".join(tip), "pm": pm}
+    flag_text = "; ".join(f"{f['name']}: {f['text']}" for f in cell["flags"])
+    if flag_text:
+        tip.append(f"flagged ({flag_text})")
+    return {**cell, "tip": ", ".join(tip), "pm": pm, "flag_text": flag_text}
 
 
 def suites_in(results: Path) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..core.registry import METRICS
+from ..core.registry import FLAGS, METRICS
 from ..results import table as lb
 from .plots import build_plots, subject_label
 
@@ -76,13 +76,19 @@ def column_info(label: str, scenario: str, metric: str) -> dict[str, Any]:
 def cell_info(column: str, row: pd.Series | None) -> dict[str, Any]:
     """One table cell: value, display text, 95% interval, sample size and flag (or empties)."""
     if row is None or pd.isna(row["value"]):
-        return {"value": None, "text": "", "ci": None, "n": None, "flag": None, "best": False}
+        return {"value": None, "text": "", "ci": None, "n": None, "flags": [], "best": False}
     low, high = row["ci_low"], row["ci_high"]
     has_ci = not (pd.isna(low) or pd.isna(high))
     return {"value": float(row["value"]), "text": lb.format_cell(column, row["value"]),
             "ci": [float(low), float(high)] if has_ci else None,
             "n": None if pd.isna(row["n"]) else int(row["n"]),
-            "flag": json.loads(row["params"]).get(lb.FLAG), "best": False}
+            "flags": flag_entries(lb.row_flags(row["flags"])), "best": False}
+
+
+def flag_entries(names: list[str]) -> list[dict[str, str]]:
+    """[{"name", "text"}] for flag names, the text from the FLAGS registry."""
+    return [{"name": name, "text": FLAGS.get(name).explanation if name in FLAGS else name}
+            for name in names]
 
 
 def leaderboard_table(table: pd.DataFrame) -> dict[str, Any]:
@@ -125,17 +131,17 @@ def mark_best(columns: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None
 
 
 def flags(table: pd.DataFrame) -> list[dict[str, str]]:
-    """Caveats recorded on result rows, one per (model, defense, scenario, flag)."""
+    """Caveats on the leaderboard's numbers, one per (model, defense, column, flag)."""
     if table.empty:
         return []
-    labelled = table.assign(defense=lb.defense_labels(table))
-    out: dict[tuple[str, str, str, str], None] = {}
-    columns = [labelled[c] for c in ("model", "defense", "scenario", "params")]
-    for model, defense, scenario, text in zip(*columns, strict=True):
-        flag = json.loads(text).get(lb.FLAG)
-        if flag:
-            out[(model, defense, scenario, str(flag))] = None
-    return [{"model": m, "defense": d, "scenario": s, "flag": f} for m, d, s, f in out]
+    shown = lb.labelled(table)
+    out: dict[tuple[str, str, str, str], str] = {}
+    columns = [shown[c] for c in ("model", "defense", "column", "flags")]
+    for model, defense, column, value in zip(*columns, strict=True):
+        for entry in flag_entries(lb.row_flags(value)):
+            out[(model, defense, column, entry["name"])] = entry["text"]
+    return [{"model": m, "defense": d, "scenario": c, "flag": f, "text": t}
+            for (m, d, c, f), t in out.items()]
 
 
 def problems(rows: pd.DataFrame) -> list[dict[str, Any]]:

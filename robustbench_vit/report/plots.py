@@ -24,7 +24,7 @@ from ..results import table as lb
 
 Plot = dict[str, Any]
 Point = dict[str, Any]
-HIDDEN_PARAMS = {lb.DEFENSE_PARAMS, lb.FLAG}
+HIDDEN_PARAMS = {lb.DEFENSE_PARAMS}
 CI_NOTE = "whiskers: 95% Wilson interval"
 
 

@@ -6,6 +6,10 @@ current cells) by shell-style patterns on model, defense and scenario, a metric,
 parameters. Each matching row is one check:
 
 - threshold: `min <= value <= max`;
+- no_flags: the row carries no flag (no attack-failure indicator fired on it);
+- better_than: the row beats the row of another model/defense (same scenario, params, metric) on
+  the same images: the paired (McNemar) interval of the gain, from the per-example outcomes, lies
+  above 0 — sharper than two independent proportions;
 - baseline: the value may not be worse than the same row of `results/baselines/<suite>.csv` by more
   than a statistical margin plus `tolerance`. For proportions with a sample size the margin is
   z * SE of the difference of two independent proportions (Agresti-Caffo: (x+1)/(n+2), so p = 0 or 1
@@ -21,7 +25,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, cast
@@ -31,10 +37,12 @@ import pandas as pd
 from ..config.spec import GateSpec
 from ..config.suite import Suite
 from ..core.errors import RbvError
+from ..core.metrics import paired_difference
+from ..core.outcomes import ExampleBits
 from ..core.params import parse_fraction
 from ..core.plugins import load_plugins
 from ..core.registry import METRICS
-from .table import DEFENSE_PARAMS, defense_labels, format_value, long_table
+from .table import DEFENSE_PARAMS, defense_labels, format_value, long_table, row_flags
 
 BASELINE_COLUMNS = ["suite", "suite_version", "model", "defense", "scenario", "params", "metric",
                     "value", "n", "ci_low", "ci_high"]
@@ -142,13 +150,16 @@ def check_gates(suite: Suite, table: pd.DataFrame,
             continue
         shown = sorted(set(_varying(rows)) | (set(gate.params) - {DEFENSE_PARAMS}))
         for (_, row), label in zip(rows.iterrows(), defense_labels(rows), strict=True):
-            outcomes.append(_check_row(index, gate, row, row_id(row, label, shown), base, z))
+            paired = partial(_better_than, gate, row, label, table, z)
+            outcomes.append(_check_row(index, gate, row, row_id(row, label, shown), base, z,
+                                       paired))
     return _unique_ids(outcomes)
 
 
 def _checks(gate: GateSpec) -> str:
     kinds = (("min", gate.min is not None), ("max", gate.max is not None),
-             ("baseline", gate.baseline))
+             ("baseline", gate.baseline), ("no_flags", gate.no_flags),
+             ("better_than", gate.better_than is not None))
     return "+".join(name for name, present in kinds if present)
 
 
@@ -176,7 +187,8 @@ def _unique_ids(outcomes: list[GateOutcome]) -> list[GateOutcome]:
 
 
 def _check_row(index: int, gate: GateSpec, row: pd.Series, ident: str,
-               base: dict[tuple[str, ...], pd.Series] | None, z: float) -> GateOutcome:
+               base: dict[tuple[str, ...], pd.Series] | None, z: float,
+               better_than: Callable[[], tuple[bool, str]]) -> GateOutcome:
     value = float(row["value"])
     checks: list[tuple[bool, str]] = []
     if gate.min is not None:
@@ -187,9 +199,48 @@ def _check_row(index: int, gate: GateSpec, row: pd.Series, ident: str,
         checks.append((ok, f"{value:.4f} {'<=' if ok else '>'} max {gate.max:.4f}"))
     if gate.baseline:
         checks.append(_against_baseline(gate, row, base, z))
+    if gate.no_flags:
+        flags = row_flags(row.get("flags"))
+        checks.append((not flags, f"flagged: {', '.join(flags)}" if flags else "no flags"))
+    if gate.better_than is not None:
+        checks.append(better_than())
     failed = [text for ok, text in checks if not ok]
     return GateOutcome(gate=index, id=ident, checks=_checks(gate), passed=not failed, value=value,
                        message="; ".join(failed or [text for _, text in checks]))
+
+
+def _better_than(gate: GateSpec, row: pd.Series, label: str, table: pd.DataFrame,
+                 z: float) -> tuple[bool, str]:
+    """Whether `row` beats the compared row on the same images beyond the paired interval."""
+    other_spec = gate.better_than
+    assert other_spec is not None
+    model = other_spec.model or str(row["model"])
+    defense = other_spec.defense or label
+    params = {k: v for k, v in json.loads(row["params"]).items() if k != DEFENSE_PARAMS}
+    candidates = table[(table["model"] == model) & (table["scenario"] == row["scenario"])
+                       & (table["metric"] == row["metric"])]
+    labels = defense_labels(candidates)
+    others = [r for (_, r), lab in zip(candidates.iterrows(), labels, strict=True)
+              if defense in (lab, str(r["defense"]))
+              and {k: v for k, v in json.loads(r["params"]).items()
+                   if k != DEFENSE_PARAMS} == params]
+    if len(others) != 1:
+        return False, (f"better_than: {len(others)} rows of {model}/{defense} match this row's "
+                       "scenario, params and metric (need exactly one)")
+    other = others[0]
+    if not isinstance(row.get("examples"), str) or not isinstance(other.get("examples"), str):
+        return False, "better_than: a row has no per-example outcomes to compare image by image"
+    mine, theirs = (ExampleBits.decode(r["examples"]) for r in (row, other))
+    if mine.data != theirs.data or len(mine.bits) != len(theirs.bits):
+        return False, "better_than: the two rows were measured on different images"
+    if not METRICS.get(str(row["metric"])).higher_is_better:
+        mine, theirs = theirs, mine
+    gain, low, high = paired_difference(int((mine.bits & ~theirs.bits).sum()),
+                                        int((theirs.bits & ~mine.bits).sum()), len(mine.bits), z)
+    text = (f"{float(row['value']):.4f} vs {float(other['value']):.4f} for {model}/{defense} on "
+            f"the same {len(mine.bits)} images (paired interval of the gain [{low:.4f}, "
+            f"{high:.4f}])")
+    return low > 0, text
 
 
 def _against_baseline(gate: GateSpec, row: pd.Series,

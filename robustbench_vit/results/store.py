@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -19,8 +20,10 @@ from ..core.versions import rbv_version, timm_version, torch_version
 COLUMNS = [
     "run_id", "suite", "suite_version", "cell_key", "model", "defense", "scenario", "params",
     "metric", "value", "n", "ci_low", "ci_high", "seconds", "status", "error", "seed",
-    "created_at", "rbv_version", "torch_version", "device", "timm_version",
+    "created_at", "rbv_version", "torch_version", "device", "timm_version", "flags", "examples",
 ]
+"""`flags`: JSON list of the caveats on a row (attack-failure indicators), NULL when none;
+`examples`: the per-example outcomes behind a proportion (`core.outcomes`), NULL when none."""
 
 _TYPES = {"value": "REAL", "ci_low": "REAL", "ci_high": "REAL", "seconds": "REAL",
           "n": "INTEGER", "seed": "INTEGER", "suite_version": "INTEGER"}
@@ -103,11 +106,13 @@ class ResultStore:
         }
         if not result.measurements:
             return [{**base, "params": canonical_json(cell.row_params), "metric": None,
-                     "value": None, "n": None, "ci_low": None, "ci_high": None}]
+                     "value": None, "n": None, "ci_low": None, "ci_high": None, "flags": None,
+                     "examples": None}]
         return [{**base, "scenario": scenario_label(cell, m),
                  "params": canonical_json({**cell.row_params, **m.extra}),
                  "metric": m.metric, "value": m.value, "n": m.n, "ci_low": m.ci_low,
-                 "ci_high": m.ci_high} for m in result.measurements]
+                 "ci_high": m.ci_high, "flags": json.dumps(list(m.flags)) if m.flags else None,
+                 "examples": m.examples} for m in result.measurements]
 
     def frame(self, suite: str | None = None) -> pd.DataFrame:
         """All rows (of one suite when given) as a DataFrame with typed columns."""

@@ -10,27 +10,36 @@ import pandas as pd
 
 from ..core.metrics import require_registered
 from ..core.plugins import load_plugins
-from ..core.registry import AGGREGATES, METRICS, SCENARIOS
+from ..core.registry import AGGREGATES, ANNOTATIONS, METRICS, SCENARIOS
 
 LONG_COLUMNS = ["suite", "model", "defense", "scenario", "params", "metric", "value", "n",
-                "ci_low", "ci_high"]
+                "ci_low", "ci_high", "flags", "examples"]
+"""`flags`: JSON list text or None (see `row_flags`); `examples`: encoded per-example outcomes."""
 
 DEFENSE_PARAMS = "defense_params"
 """The params key that holds a defense's own parameters (see Cell.row_params)."""
 
 def long_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (suite, model, defense, scenario, params, metric): stored values and the
-    aggregates every registered AGGREGATES function derives from them (in name order).
+    aggregates every registered AGGREGATES function derives from them (in name order), with the
+    flags every ANNOTATIONS function adds.
 
     A metric no loaded scenario or plugin registered is an error, never a dropped column.
     """
     load_plugins()
     ok = rows[(rows["status"] == "ok") & rows["metric"].notna()]
-    table = ok[LONG_COLUMNS].reset_index(drop=True)
+    table = ok.reindex(columns=LONG_COLUMNS).reset_index(drop=True).astype(
+        {"flags": object, "examples": object})
     require_registered(table["metric"].unique())
     derived = [frame for frame in (AGGREGATES.get(name)(table) for name in AGGREGATES.names())
                if not frame.empty]
-    return pd.concat([table, *derived], ignore_index=True) if derived else table
+    table = pd.concat([table, *derived], ignore_index=True) if derived else table
+    for name in ANNOTATIONS.names():
+        added = ANNOTATIONS.get(name)(table)
+        for index, flags in added.items():
+            merged = sorted({*row_flags(table.at[index, "flags"]), *flags})
+            table.at[index, "flags"] = json.dumps(merged) if merged else None
+    return table
 
 
 def format_value(value: Any) -> str:
@@ -62,8 +71,13 @@ def detail_keys() -> set[str]:
     return {key for name in SCENARIOS.names()
             for key in getattr(SCENARIOS.get(name), "detail_params", ())}
 
-FLAG = "flag"
-"""Params key of a caveat on a row (e.g. a non-differentiable defense): shown, never a column."""
+def row_flags(value: Any) -> list[str]:
+    """The flags of a long-table row's `flags` cell (JSON list text, or None / NaN)."""
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str) or not value:
+        return []
+    return list(json.loads(value))
 
 
 def column_labels(table: pd.DataFrame) -> pd.Series:
@@ -72,7 +86,7 @@ def column_labels(table: pd.DataFrame) -> pd.Series:
     Defense parameters label rows (see `defense_labels`), never columns.
     """
     params = table["params"].map(
-        lambda text: {k: v for k, v in json.loads(text).items() if k not in (DEFENSE_PARAMS, FLAG)})
+        lambda text: {k: v for k, v in json.loads(text).items() if k != DEFENSE_PARAMS})
     labels = []
     varying: dict[str, list[str]] = {}
     for scenario, group in params.groupby(table["scenario"]):
@@ -104,7 +118,7 @@ def _column_order(table: pd.DataFrame) -> list[int]:
     def key(i: int) -> tuple[Any, ...]:
         params = json.loads(cast(str, table["params"].iat[i]))
         values = tuple(_sortable(params[k]) for k in sorted(params)
-                       if k not in (DEFENSE_PARAMS, FLAG))
+                       if k != DEFENSE_PARAMS)
         return first[table["scenario"].iat[i]], values, i
 
     return sorted(range(len(table)), key=key)
@@ -163,9 +177,10 @@ def to_text(wide: pd.DataFrame, fmt: str) -> str:
 def to_json(table: pd.DataFrame) -> str:
     """The long table as a JSON list of objects (params decoded)."""
     records = []
-    for row in table.to_dict(orient="records"):
+    for row in table.drop(columns=["examples"], errors="ignore").to_dict(orient="records"):
         row["params"] = (json.loads(row["params"]) if isinstance(row["params"], str)
                          else row["params"])
+        row["flags"] = row_flags(row.get("flags"))
         records.append({k: (None if isinstance(v, float) and pd.isna(v) else v)
                         for k, v in row.items()})
     return json.dumps(records, indent=2, default=_json_default)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 import pandas as pd
 import torch
 from torch import nn
 
+from ..audit import worst_case  # noqa: F401  (registers the worst case and its flags)
+from ..audit.indicators import (
+    DEFAULT_FRACTION,
+    BatchProbe,
+    Counts,
+    batch_counts,
+    indicator_rows,
+    merge_counts,
+    with_flags,
+)
 from ..core.components import Attack
 from ..core.errors import RbvError, ScenarioNotApplicable, UnsupportedModel
 from ..core.metrics import Measurement, proportion, register_metric
@@ -17,10 +27,11 @@ from ..core.params import ParamError, to_plain, validate_params
 from ..core.registry import ATTACKS, PLOTS, SCENARIOS
 from ..models.eot import EOTModel
 from ..report import plots as pk
-from .base import CellContext, PlanContext, Scenario
+from .base import CellContext, PlanContext, Scenario, joined_outcomes
 
 BUDGET_TOLERANCE = 1e-5
-NOT_DIFFERENTIABLE = "defense not differentiable: evaluated with a gradient attack only"
+NOT_DIFFERENTIABLE = "not_differentiable"
+"""Flag of a gradient attack's rows on a non-differentiable defense without an adaptive view."""
 
 
 register_metric("robust_accuracy", higher_is_better=True, headline=True,
@@ -92,13 +103,24 @@ def attack_batch(
 @SCENARIOS.register("attack")
 @dataclass(frozen=True, kw_only=True)
 class AttackScenario(Scenario):
-    """Adversarial attack by name (`rbv ls attacks`): robust accuracy, attack success rate."""
+    """Adversarial attack by name (`rbv ls attacks`): robust accuracy, attack success rate, and
+    the attack-failure indicators (`audit.indicators`) with their flags.
+
+    Gradient attacks run on the defense's adaptive view (`Defense.attack_view`), averaged over
+    max(`eot`, `Defense.eot_samples()`) random draws per step; the defended model judges.
+    """
 
     kind: ClassVar[str] = "attack"
     needs_gradients: ClassVar[bool] = True
     name: str
     attack: Attack
     eot: int = 1
+    source: Literal["defended", "base"] = "defended"
+    """"base": a transfer attack, crafted on the undefended base model and judged by the defended
+    one (a black-box reference for the worst case and the `blackbox_beats_whitebox` flag)."""
+    indicators: bool = True
+    """Run the attack-failure indicators (on `indicator_fraction` of every batch)."""
+    indicator_fraction: float = DEFAULT_FRACTION
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> AttackScenario:
@@ -106,16 +128,31 @@ class AttackScenario(Scenario):
         eot = params.pop("eot", 1)
         if not isinstance(eot, int) or isinstance(eot, bool) or eot < 1:
             raise ParamError("eot", f"expected a number of EOT samples >= 1, got {eot!r}")
+        source = params.pop("source", "defended")
+        if source not in ("defended", "base"):
+            raise ParamError("source", f"expected defended or base, got {source!r}")
+        indicators = params.pop("indicators", True)
+        if not isinstance(indicators, bool):
+            raise ParamError("indicators", f"expected true or false, got {indicators!r}")
+        fraction = params.pop("indicator_fraction", DEFAULT_FRACTION)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 < fraction <= 1:
+            raise ParamError("indicator_fraction",
+                             f"expected a share of each batch in (0, 1], got {fraction!r}")
         if "name" not in params:
             raise ValueError("an attack scenario needs `name:` (see `rbv ls attacks`)")
         name = params.pop("name")
         if not isinstance(name, str):
             raise ParamError("name", f"expected an attack name (`rbv ls attacks`), got {name!r}")
-        return cls(name=name, attack=validate_params(ATTACKS.get(name), params), eot=eot)
+        return cls(name=name, attack=validate_params(ATTACKS.get(name), params), eot=eot,
+                   source=source, indicators=indicators, indicator_fraction=float(fraction))
 
     def to_params(self) -> dict[str, Any]:
-        eot = {"eot": self.eot} if self.eot != 1 else {}
-        return {"name": self.name, **to_plain(self.attack), **eot}
+        options = {"eot": (self.eot, 1), "source": (self.source, "defended"),
+                   "indicators": (self.indicators, True),
+                   "indicator_fraction": (self.indicator_fraction, DEFAULT_FRACTION)}
+        return {"name": self.name, **to_plain(self.attack),
+                **{k: v for k, (v, default) in options.items() if v != default}}
 
     chunkable: ClassVar[bool] = True  # attacks draw randomness from the seed of each batch
 
@@ -124,6 +161,11 @@ class AttackScenario(Scenario):
 
     def run(self, ctx: CellContext) -> list[Measurement]:
         return self.merge([self.partial(ctx)])
+
+    def eot_samples(self, ctx: CellContext) -> int:
+        """The EOT samples per step: the suite's `eot`, raised to what the defense declares."""
+        declared = ctx.defense.eot_samples() if ctx.defense is not None else 1
+        return max(self.eot, declared)
 
     def partial(self, ctx: CellContext) -> dict[str, Any]:
         """Counts over the images of `ctx.loader`; batch i of the cell attacks with seed + i."""
@@ -136,25 +178,50 @@ class AttackScenario(Scenario):
             raise UnsupportedModel(reason)
         n = n_correct = n_robust = 0
         stats: dict[str, list[int]] = {}
-        # gradient attacks on a non-differentiable defense go through its differentiable view;
-        # score-based attacks query the defended model itself
-        surrogate = ctx.attack_model if self.attack.needs_gradients else None
+        counts: list[Counts] = []
+        robust_bits: list[torch.Tensor] = []
+        gradient = self.attack.needs_gradients
+        # gradient attacks on a defense go through its adaptive view; score-based attacks query
+        # the defended model itself
+        surrogate = ctx.attack_model if gradient else None
         view = surrogate if surrogate is not None else ctx.model
-        view = EOTModel(view, self.eot).eval() if self.eot > 1 else view
+        eot = self.eot_samples(ctx) if gradient else 1
+        view = EOTModel(view, eot).eval() if eot > 1 else view
+        base = self._base_model(ctx) if gradient or self.source == "base" else None
+        transfer = self.source == "base"
+        if transfer:  # crafted on the undefended model; the indicators judge white-box attacks
+            view, eot = base if base is not None else ctx.model, 1
         for i, (x, y) in enumerate(ctx.batches(), start=ctx.first_batch):
-            clean_correct, robust, _ = attack_batch(ctx.model, self.attack, x, y, ctx.seed + i,
-                                                    stats, attack_model=view)
+            clean_correct, robust, x_adv = attack_batch(ctx.model, self.attack, x, y,
+                                                        ctx.seed + i, stats, attack_model=view)
             n += len(y)
             n_correct += int(clean_correct.sum())
             n_robust += int(robust.sum())
-        flag = (self.attack.needs_gradients and not ctx.defense_differentiable
+            robust_bits.append(robust.cpu())
+            if self.indicators and not transfer:
+                probe = BatchProbe(attack=self.attack, model=ctx.model, view=view, base=base,
+                                   eot=eot, seed=ctx.seed + i, gradient=gradient)
+                counts.append(batch_counts(probe, x, y, clean_correct, robust, x_adv,
+                                           self.indicator_fraction))
+        flag = (gradient and not transfer and not ctx.defense_differentiable
                 and ctx.attack_model is None)
-        return {"n": n, "correct": n_correct, "robust": n_robust, "stats": stats, "flag": flag}
+        examples = ctx.outcomes(torch.cat(robust_bits)) if robust_bits else None
+        return {"n": n, "correct": n_correct, "robust": n_robust, "stats": stats, "flag": flag,
+                "indicators": merge_counts(counts), "eot": eot, "examples": examples}
+
+    @staticmethod
+    def _base_model(ctx: CellContext) -> nn.Module | None:
+        """The undefended base model of a defended cell (for the transfer indicator)."""
+        if ctx.load_model is None or ctx.model_config is None:
+            return None
+        base = ctx.load_model(ctx.model_config)
+        return None if base is ctx.model else base.eval()
 
     def merge(self, parts: list[dict[str, Any]]) -> list[Measurement]:
         """The cell's rows from the counts of its chunks. A rate over no attacked image (the
         success rate when no image was clean-correct) is not reported: it would be a number of 0
-        trials; robust accuracy (0 of n then) is still exact."""
+        trials; robust accuracy (0 of n then) is still exact. Every row carries the flags of the
+        indicators that fired."""
         n, n_correct, n_robust = (sum(p[k] for p in parts) for k in ("n", "correct", "robust"))
         stats: dict[str, list[int]] = {}
         for part in parts:
@@ -168,10 +235,15 @@ class AttackScenario(Scenario):
         }
         rows = [proportion(metric, hits, total) for metric, (hits, total) in measured.items()
                 if total > 0]
+        examples = [p["examples"] for p in parts if p["examples"] is not None]
+        if examples:
+            rows = [replace(r, examples=joined_outcomes(examples))
+                    if r.metric == "robust_accuracy" else r for r in rows]
+        audit, fired = indicator_rows(merge_counts([p["indicators"] for p in parts]),
+                                      max(p["eot"] for p in parts))
         if any(p["flag"] for p in parts):
-            rows = [replace(r, extra={**r.extra, "flag": NOT_DIFFERENTIABLE}) for r in rows]
-        return rows
-
+            fired = [*fired, NOT_DIFFERENTIABLE]
+        return with_flags(rows, fired) + audit
 
 def attack_curves(table: pd.DataFrame) -> list[pk.Plot]:
     """Robust accuracy vs eps, one line per model/defense, for every attack swept over eps."""

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ..core.cells import ModelConfig
 from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import Measurement
+from ..core.outcomes import ExampleBits
 from ..core.params import to_plain, validate_params
 
 
@@ -65,6 +66,13 @@ class CellContext:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.advance(len(y))
 
+    def outcomes(self, bits: torch.Tensor) -> str:
+        """Encoded per-example outcomes (`core.outcomes`) of the images of `ctx.loader`, in
+        order: positions from the chunk's first image in the cell's slice."""
+        start = self.first_batch * (self.loader.batch_size or 1)
+        return ExampleBits(data=self.data_key, start=start,
+                           bits=bits.detach().cpu().bool().numpy()).encode()
+
     def autocast(self) -> Any:
         """Mixed precision for forward-only scenarios when the suite asks for it."""
         enabled = self.amp and self.device.type == "cuda"
@@ -81,6 +89,11 @@ class PlanContext:
     references: dict[str, ModelConfig] = field(default_factory=dict)
     defense: Any = None
     defense_differentiable: bool = True
+
+
+def joined_outcomes(parts: list[str]) -> str:
+    """The encoded outcomes of consecutive chunks as one (see `CellContext.outcomes`)."""
+    return ExampleBits.concat([ExampleBits.decode(p) for p in parts]).encode()
 
 
 def skip_reason(check: Callable[[], object]) -> str | None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
 
 from ..core.metrics import Measurement, calibration_error, proportion, register_metric
 from ..core.registry import SCENARIOS
-from .base import CellContext, Scenario
+from .base import CellContext, Scenario, joined_outcomes
 
 register_metric("ece", higher_is_better=False, proportion=False,
                 description="Expected calibration error over 15 equal-width confidence bins")
@@ -30,7 +30,7 @@ class CleanScenario(Scenario):
         return self.merge([self.partial(ctx)])
 
     @torch.no_grad()
-    def partial(self, ctx: CellContext) -> dict[str, torch.Tensor]:
+    def partial(self, ctx: CellContext) -> dict[str, Any]:
         """Top-1 confidence and correctness of every image."""
         conf, correct = [], []
         for x, y in ctx.batches():
@@ -38,11 +38,14 @@ class CleanScenario(Scenario):
                 top, pred = ctx.model(x).float().softmax(1).max(1)
             conf.append(top.cpu())
             correct.append((pred == y).float().cpu())
-        return {"conf": torch.cat(conf), "correct": torch.cat(correct)}
+        hits = torch.cat(correct)
+        return {"conf": torch.cat(conf), "correct": hits, "examples": ctx.outcomes(hits > 0)}
 
-    def merge(self, parts: list[dict[str, torch.Tensor]]) -> list[Measurement]:
+    def merge(self, parts: list[dict[str, Any]]) -> list[Measurement]:
         conf = torch.cat([p["conf"] for p in parts])
         correct = torch.cat([p["correct"] for p in parts])
         ece = calibration_error(conf, correct, self.ece_bins)
-        return [proportion("accuracy", int(correct.sum()), len(correct)),
+        accuracy = replace(proportion("accuracy", int(correct.sum()), len(correct)),
+                           examples=joined_outcomes([p["examples"] for p in parts]))
+        return [accuracy,
                 Measurement(metric="ece", value=ece, n=len(correct))]
