@@ -165,6 +165,10 @@ def _print_leaderboard(results: Path, suite: str | None, fmt: str) -> None:
         err.print("no results yet")
         return
     sys.stdout.write(lb.to_text(wide, fmt) + "\n")
+    notes = lb.flag_notes(table) if fmt != "csv" else []
+    if notes:  # a flagged number may come from an attack that could not work
+        sys.stdout.write("\nflagged (attack-failure indicators; `rbv ls flags` explains each):\n"
+                         + "".join(f"  {note}\n" for note in notes))
 
 
 @app.command("export-html")

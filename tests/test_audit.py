@@ -20,7 +20,7 @@ from torch import nn
 from robustbench_vit.audit.indicators import (
     INDICATORS,
     BatchProbe,
-    batch_counts,
+    cell_counts,
     indicator_rows,
     merge_counts,
 )
@@ -29,9 +29,12 @@ from robustbench_vit.core.cells import ModelConfig
 from robustbench_vit.core.metrics import paired_difference
 from robustbench_vit.core.outcomes import ExampleBits
 from robustbench_vit.core.params import validate_params
+from robustbench_vit.core.plugins import load_plugins
 from robustbench_vit.core.registry import ATTACKS, FLAGS
 from robustbench_vit.scenarios.attack import AttackScenario
 from robustbench_vit.scenarios.base import CellContext
+
+load_plugins()  # the registries the tests are parametrized over
 
 TOY_PLUGIN = '''\
 """Three "defenses" that only hide the gradient (plugins through the public API)."""
@@ -101,7 +104,7 @@ models:
     defenses: [none, toy_saturate, toy_quantize, toy_noise]
 scenarios:
   - {kind: clean}
-  - {kind: attack, name: pgd, eps: 8/255, steps: 10, indicator_fraction: 0.5}
+  - {kind: attack, name: pgd, eps: 8/255, steps: 10, indicator_examples: 40}
   - {kind: attack, name: pgd, eps: 8/255, steps: 10, source: base}
   - {kind: attack, name: square, eps: 8/255, n_queries: 300}
 gates:
@@ -133,12 +136,14 @@ def masked_results(rbv_bin: str, tmp_path_factory: pytest.TempPathFactory) -> di
     board = subprocess.run([rbv_bin, "leaderboard", "-f", "json"], capture_output=True,
                            text=True, env=env, cwd=root, timeout=300)
     assert board.returncode == 0, board.stderr
+    text = subprocess.run([rbv_bin, "leaderboard"], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=300)
     gate = subprocess.run([rbv_bin, "gate", "masked.yaml"], capture_output=True, text=True,
                           env=env, cwd=root, timeout=300)
     html = subprocess.run([rbv_bin, "export-html", "masked", "-o", "page.html"],
                           capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert html.returncode == 0, html.stderr
-    return {"rows": json.loads(board.stdout), "gate": gate,
+    return {"rows": json.loads(board.stdout), "gate": gate, "text": text.stdout,
             "page": (root / "page.html").read_text(encoding="utf-8")}
 
 
@@ -181,6 +186,9 @@ def test_flags_reach_gates_and_the_page(masked_results: dict) -> None:
     assert len(failed) == 3 and all("flagged:" in line for line in failed), gate.stdout
     assert "/none/attack:pgd" in gate.stdout and "better_than" not in gate.stdout
     assert "paired interval of the gain" in gate.stdout
+    notes = masked_results["text"].split("flagged (", 1)[1].splitlines()[1:]
+    assert {line.split("/", 1)[1].split("(")[0].split(":")[0] for line in notes} \
+        == {"toy_saturate", "toy_quantize", "toy_noise"}  # the terminal table says it too
     page = masked_results["page"]
     assert 'class="flag-badge"' in page and FLAGS.get("no_gradient").explanation in page
     assert "worst_case_robust_accuracy" in page
@@ -209,7 +217,7 @@ def _probe_counts(model: nn.Module, base: nn.Module | None, x: torch.Tensor, y: 
     x_adv[correct] = adv
     with torch.no_grad():
         robust = correct & (model(x_adv).argmax(1) == y)
-    return batch_counts(probe, x, y, correct, robust, x_adv, fraction=1.0)
+    return cell_counts(probe, x, y, correct, robust, x_adv, examples=len(x))
 
 
 def test_indicators_on_an_undefended_model_do_not_fire(
@@ -282,7 +290,7 @@ def test_worst_case_is_at_most_every_attack_and_flags_the_beaten_gradient_attack
     value = float(worst["value"].iat[0])
     assert value <= min(sum(pgd), sum(square)) / 40
     assert value == sum(a and b for a, b in zip(pgd, square, strict=True)) / 40
-    assert json.loads(worst["params"].iat[0])["attacks"] == ["fgsm", "pgd", "square"]
+    assert json.loads(worst["params"].iat[0]) == {"norm": "Linf", "eps": 8 / 255}
     flags = blackbox_flags(table)
     assert set(flags.index) == {0, 2} and all(f == ["blackbox_beats_whitebox"] for f in flags)
 
@@ -311,7 +319,7 @@ def test_chunks_merge_to_the_whole_cell_with_outcomes_and_indicators(
         digits_model: nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = digits_batch[0][:32], digits_batch[1][:32]
     scenario = AttackScenario.from_params({"name": "pgd", "eps": 4 / 255, "steps": 3,
-                                           "indicator_fraction": 0.25})
+                                           "indicator_examples": 6})
     whole = scenario.run(_context(digits_model, x, y))
     parts = [scenario.partial(_context(digits_model, x[:16], y[:16])),
              scenario.partial(_context(digits_model, x[16:], y[16:], first_batch=1))]
@@ -359,8 +367,49 @@ def test_a_randomized_defense_is_attacked_with_its_declared_eot(
     with torch.no_grad():
         assert not torch.equal(model(x), model(x))  # a fresh block order per forward
     scenario = AttackScenario.from_params({"name": "pgd", "eps": 4 / 255, "steps": 2,
-                                           "indicator_fraction": 0.5})
+                                           "indicator_examples": 4})
     assert scenario.eot_samples(_context(model, x, y, defense=defense)) == defense.eot_samples()
     rows = scenario.run(_context(model, x, y, defense=defense))
     assert not any("randomized" in m.flags for m in rows)  # EOT was used: no flag
     assert any(m.metric == "output_variability" and m.value > 0 for m in rows)
+
+
+# --- the variants the indicators run, for every registered attack -------------------------------
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_unbounded_and_stronger_variants(name: str) -> None:
+    attack = validate_params(ATTACKS.get(name), {})
+    threat = attack.threat_model()
+    unbounded = attack.unbounded(3 * 32 * 32)
+    if threat is None or name == "fgsm":
+        assert unbounded is None
+    else:
+        assert type(unbounded) is type(attack)
+        diameter = (3 * 32 * 32) ** 0.5
+        assert unbounded.threat_model() == (threat[0], 1.0 if threat[0] == "Linf" else diameter)
+        assert getattr(unbounded, "random_start", False) is False
+        assert getattr(unbounded, "steps", 20) >= 20
+    stronger = attack.stronger()
+    if stronger is not None:
+        assert type(stronger) is type(attack)
+        assert any(getattr(stronger, f) == 2 * getattr(attack, f) for f in ("steps", "n_queries")
+                   if hasattr(attack, f))
+
+
+def test_a_transfer_from_the_base_model_of_an_undefended_cell_is_skipped(
+        digits_model: nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from robustbench_vit.core.errors import ScenarioNotApplicable
+    from robustbench_vit.core.registry import DEFENSES
+    from robustbench_vit.scenarios.base import PlanContext
+
+    scenario = AttackScenario.from_params({"name": "pgd", "source": "base"})
+    none = validate_params(DEFENSES.get("none"), {})
+    assert "white-box" in (scenario.unsupported(PlanContext(model=digits_model,
+                                                            defense=none)) or "")
+    x, y = digits_batch[0][:8], digits_batch[1][:8]
+    with pytest.raises(ScenarioNotApplicable, match="white-box"):
+        scenario.run(_context(digits_model, x, y, defense=none, base=digits_model))
+    noisy = NoisyModel(digits_model)
+    rows = scenario.run(_context(noisy, x, y, base=digits_model))
+    assert {m.metric for m in rows} == {"robust_accuracy", "attack_success_rate"}  # no indicators

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from robustbench_vit.config.load import load_suite
@@ -24,6 +25,7 @@ from robustbench_vit.execution.evaluate import evaluate_cell
 from robustbench_vit.execution.run import RUNNERS, run_suite
 from robustbench_vit.execution.runners.base import NullProgress
 from robustbench_vit.results.store import ResultStore
+from robustbench_vit.results.table import long_table
 
 pytestmark = pytest.mark.ray
 TESTS = Path(__file__).resolve().parent
@@ -68,13 +70,15 @@ def write_suite(path: Path, eps: str = "[2/255, 8/255]", steps: int = 5, extra: 
     return path
 
 
-def values(results: Path) -> dict[tuple[str, str, str, str], float]:
-    """(cell_key, scenario, params, metric) -> value, for every row (all must be ok)."""
+def values(results: Path) -> dict[tuple[str, str, str, str], tuple[Any, ...]]:
+    """(cell_key, scenario, params, metric) -> (value, flags, per-example outcomes), for every
+    row (all must be ok)."""
     with ResultStore(results) as store:
         df = store.frame()
     assert set(df["status"]) == {"ok"}, df[df["status"] != "ok"]["error"].tolist()
     keys = zip(df["cell_key"], df["scenario"], df["params"], df["metric"], strict=True)
-    out = dict(zip(keys, df["value"], strict=True))
+    out = dict(zip(keys, zip(df["value"], df["flags"], df["examples"], strict=True),
+                   strict=True))
     assert len(out) == len(df), "duplicate rows"
     return out
 
@@ -110,14 +114,28 @@ def stored_rows(db: Path, query: str, args: tuple[Any, ...] = ()) -> list[tuple[
 # --- same numbers -------------------------------------------------------------------------------
 
 def test_ray_gives_the_local_numbers(cluster: str, tmp_path: Path) -> None:
-    suite = load_suite(write_suite(tmp_path / "suite.yaml"))
+    suite = load_suite(write_suite(tmp_path / "suite.yaml", extra=SQUARE))
     local = run_suite(suite, tmp_path / "local", backend="local")
     on_ray = run_suite(suite, tmp_path / "ray", backend="ray")
-    assert (local.ok, on_ray.ok, on_ray.errors) == (4, 4, [])
+    assert (local.ok, on_ray.ok, on_ray.errors) == (5, 5, [])
     a, b = values(tmp_path / "local"), values(tmp_path / "ray")
-    assert len(a) == 8 and a == b  # accuracy, ece, 2 x (robust, success), 2 shift metrics
+    assert a == b  # values, flags and per-example outcomes
+    metrics = {key[3] for key in a}
+    assert {"accuracy", "ece", "robust_accuracy", "attack_success_rate",
+            "unbounded_success_rate", "convergence_gap"} <= metrics
+    with_bits = [key for key, (_, _, bits) in a.items() if isinstance(bits, str)]
+    assert len(with_bits) == 4  # clean accuracy and the robust accuracy of 3 attacks
+    # the worst case per image (pgd and square at 8/255) is the same from both runs
+    tables = []
+    for folder in ("local", "ray"):
+        with ResultStore(tmp_path / folder) as store:
+            table = long_table(store.frame())
+        tables.append(table[table["metric"] == "worst_case_robust_accuracy"]
+                      .reset_index(drop=True))
+    assert len(tables[0]) == 1
+    pd.testing.assert_frame_equal(tables[0], tables[1])
     again = run_suite(suite, tmp_path / "ray", backend="ray")  # everything stored: no tasks
-    assert (again.already_done, again.ok) == (4, 0)
+    assert (again.already_done, again.ok) == (5, 0)
 
 
 def test_chunked_and_whole_cells_give_identical_numbers(cluster: str, tmp_path: Path) -> None:

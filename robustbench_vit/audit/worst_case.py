@@ -75,7 +75,6 @@ def worst_case_rows(table: pd.DataFrame) -> pd.DataFrame:
         survived = np.logical_and.reduce(bits)
         params: dict[str, Any] = ({"patch_size": threat[1]} if threat[0] == "patch"
                                   else {"norm": threat[0], "eps": threat[1]})
-        params["attacks"] = sorted({s.split(":", 1)[1] for s in group["scenario"]})
         if defense_params != "null":
             params[DEFENSE_PARAMS] = json.loads(defense_params)
         row = proportion(WORST_CASE, int(survived.sum()), len(survived))

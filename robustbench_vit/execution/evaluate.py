@@ -18,7 +18,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..core.cells import Cell, ModelConfig, stable_hash
-from ..core.components import Defense
 from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import require_registered
 from ..core.params import validate_params
@@ -94,7 +93,7 @@ def build_defended(cell: Cell, device: torch.device) -> tuple[nn.Module, Any]:
         from ..models.defended import load_defended_model
 
         model = load_defended_model(cell.model, defense, device)
-    elif type(defense).apply is Defense.apply:
+    elif defense.is_identity():
         return load_model(cell.model, device), defense
     else:
         model = defense.apply(copy.deepcopy(load_model(cell.model, device)))

@@ -143,6 +143,20 @@ def pivot(table: pd.DataFrame, headline_only: bool = True) -> pd.DataFrame:
     return wide
 
 
+def flag_notes(table: pd.DataFrame) -> list[str]:
+    """"model/defense: column: flags" for every flagged number the pivot shows (the text formats
+    print them under the table)."""
+    if table.empty:
+        return []
+    shown = labelled(table)
+    notes: dict[str, None] = {}
+    for model, defense, column, flags in zip(shown["model"], shown["defense"], shown["column"],
+                                             shown["flags"], strict=True):
+        if row_flags(flags):
+            notes[f"{model}/{defense}: {column}: {', '.join(row_flags(flags))}"] = None
+    return list(notes)
+
+
 def format_cell(column: str, value: Any) -> str:
     """A pivot value as text: proportions in percent (1 decimal), other metrics with 3 decimals."""
     if value is None or pd.isna(value):

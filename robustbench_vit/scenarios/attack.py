@@ -12,10 +12,10 @@ from torch import nn
 
 from ..audit import worst_case  # noqa: F401  (registers the worst case and its flags)
 from ..audit.indicators import (
-    DEFAULT_FRACTION,
+    DEFAULT_EXAMPLES,
     BatchProbe,
     Counts,
-    batch_counts,
+    cell_counts,
     indicator_rows,
     merge_counts,
     with_flags,
@@ -30,6 +30,8 @@ from ..report import plots as pk
 from .base import CellContext, PlanContext, Scenario, joined_outcomes
 
 BUDGET_TOLERANCE = 1e-5
+UNDEFENDED_TRANSFER = ("source: base crafts the attack on the undefended model, which is this "
+                       "cell's model: the white-box attack already measures it")
 NOT_DIFFERENTIABLE = "not_differentiable"
 """Flag of a gradient attack's rows on a non-differentiable defense without an adaptive view."""
 
@@ -119,8 +121,8 @@ class AttackScenario(Scenario):
     """"base": a transfer attack, crafted on the undefended base model and judged by the defended
     one (a black-box reference for the worst case and the `blackbox_beats_whitebox` flag)."""
     indicators: bool = True
-    """Run the attack-failure indicators (on `indicator_fraction` of every batch)."""
-    indicator_fraction: float = DEFAULT_FRACTION
+    """Run the attack-failure indicators (on `indicator_examples` images of the first batch)."""
+    indicator_examples: int = DEFAULT_EXAMPLES
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> AttackScenario:
@@ -134,29 +136,30 @@ class AttackScenario(Scenario):
         indicators = params.pop("indicators", True)
         if not isinstance(indicators, bool):
             raise ParamError("indicators", f"expected true or false, got {indicators!r}")
-        fraction = params.pop("indicator_fraction", DEFAULT_FRACTION)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
-                or not 0 < fraction <= 1:
-            raise ParamError("indicator_fraction",
-                             f"expected a share of each batch in (0, 1], got {fraction!r}")
+        examples = params.pop("indicator_examples", DEFAULT_EXAMPLES)
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise ParamError("indicator_examples",
+                             f"expected a number of images >= 1, got {examples!r}")
         if "name" not in params:
             raise ValueError("an attack scenario needs `name:` (see `rbv ls attacks`)")
         name = params.pop("name")
         if not isinstance(name, str):
             raise ParamError("name", f"expected an attack name (`rbv ls attacks`), got {name!r}")
         return cls(name=name, attack=validate_params(ATTACKS.get(name), params), eot=eot,
-                   source=source, indicators=indicators, indicator_fraction=float(fraction))
+                   source=source, indicators=indicators, indicator_examples=examples)
 
     def to_params(self) -> dict[str, Any]:
         options = {"eot": (self.eot, 1), "source": (self.source, "defended"),
                    "indicators": (self.indicators, True),
-                   "indicator_fraction": (self.indicator_fraction, DEFAULT_FRACTION)}
+                   "indicator_examples": (self.indicator_examples, DEFAULT_EXAMPLES)}
         return {"name": self.name, **to_plain(self.attack),
                 **{k: v for k, (v, default) in options.items() if v != default}}
 
     chunkable: ClassVar[bool] = True  # attacks draw randomness from the seed of each batch
 
     def unsupported(self, ctx: PlanContext) -> str | None:
+        if self.source == "base" and (ctx.defense is None or ctx.defense.is_identity()):
+            return UNDEFENDED_TRANSFER
         return self.attack.unsupported(ctx.model)
 
     def run(self, ctx: CellContext) -> list[Measurement]:
@@ -190,7 +193,9 @@ class AttackScenario(Scenario):
         base = self._base_model(ctx) if gradient or self.source == "base" else None
         transfer = self.source == "base"
         if transfer:  # crafted on the undefended model; the indicators judge white-box attacks
-            view, eot = base if base is not None else ctx.model, 1
+            if base is None:
+                raise ScenarioNotApplicable(UNDEFENDED_TRANSFER)
+            view, eot = base, 1
         for i, (x, y) in enumerate(ctx.batches(), start=ctx.first_batch):
             clean_correct, robust, x_adv = attack_batch(ctx.model, self.attack, x, y,
                                                         ctx.seed + i, stats, attack_model=view)
@@ -198,11 +203,11 @@ class AttackScenario(Scenario):
             n_correct += int(clean_correct.sum())
             n_robust += int(robust.sum())
             robust_bits.append(robust.cpu())
-            if self.indicators and not transfer:
+            if self.indicators and not transfer and i == 0:  # the cell's first batch
                 probe = BatchProbe(attack=self.attack, model=ctx.model, view=view, base=base,
                                    eot=eot, seed=ctx.seed + i, gradient=gradient)
-                counts.append(batch_counts(probe, x, y, clean_correct, robust, x_adv,
-                                           self.indicator_fraction))
+                counts.append(cell_counts(probe, x, y, clean_correct, robust, x_adv,
+                                          self.indicator_examples))
         flag = (gradient and not transfer and not ctx.defense_differentiable
                 and ctx.attack_model is None)
         examples = ctx.outcomes(torch.cat(robust_bits)) if robust_bits else None
