@@ -104,11 +104,11 @@ def blackbox_flags(table: pd.DataFrame) -> pd.Series:
         is_white = [white_box(s, p) for s, p in zip(group["scenario"], group["params"],
                                                     strict=True)]
         white = group[is_white]
-        black = group[[not w for w in is_white]]
+        black = [ExampleBits.decode(e).bits
+                 for e in group[[not w for w in is_white]]["examples"]]
         for index, row in white.iterrows():
             mine = ExampleBits.decode(row["examples"]).bits
-            for other in black["examples"]:
-                theirs = ExampleBits.decode(other).bits
+            for theirs in black:
                 if len(theirs) != len(mine):
                     continue
                 low = paired_difference(int((mine & ~theirs).sum()), int((theirs & ~mine).sum()),
