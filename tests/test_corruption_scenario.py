@@ -153,10 +153,65 @@ def test_parallel_workers_equal_single_process() -> None:
 
 
 def test_auto_workers_stay_in_process_for_small_jobs() -> None:
+    cpus = min(corrupted.available_cpus(), corrupted.MAX_AUTO_WORKERS)
     assert corrupted.resolve_workers(0, 10, 3) == 1
     assert corrupted.resolve_workers(3, 10, 3) == 3
-    assert corrupted.resolve_workers(0, 450, 19) == min(corrupted.available_cpus(),
-                                                        corrupted.MAX_AUTO_WORKERS)
+    assert corrupted.resolve_workers(0, 450, 19) == cpus
+    assert corrupted.resolve_workers(0, 30, 3, pixels_per_image=224 * 224) == cpus  # 224 px
+    assert corrupted.resolve_workers(0, 1, 1, pixels_per_image=224 * 224) == 1
+
+
+def test_chunks_split_the_job_and_stay_small_at_224_px() -> None:
+    assert corrupted.chunk_size(1000, 19, 2, 32 * 32 * 3) == 1000  # small images: few big tasks
+    assert corrupted.chunk_size(40, 1, 2, 32 * 32 * 3) == 5        # yet every worker gets several
+    big = corrupted.chunk_size(1000, 19, 2, 224 * 224 * 3)
+    assert big * 224 * 224 * 3 <= corrupted.CHUNK_BYTES and big >= 16
+    assert corrupted.chunk_size(1, 1, 16, 10**9) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_every_image_and_outputs_are_written_in_place(workers: int) -> None:
+    images = digits_uint8(12)
+    names = ["gaussian_noise", "contrast"]
+    steps: list[int] = []
+    outputs = {name: np.zeros_like(images) for name in names}
+    got = corrupted.corrupt_images(images, names, 2, seed=1, workers=workers,
+                                   progress=steps.append, outputs=outputs)
+    assert sum(steps) == len(images) * len(names)
+    if workers == 1:
+        assert steps == [1] * 24  # image by image
+    for name in names:
+        assert got[name] is outputs[name]
+        assert np.array_equal(outputs[name], corrupted.corrupt_chunk(images, name, 2, 1, 0))
+
+
+def test_cached_entries_are_written_through_a_memory_map(cache: Path) -> None:
+    images = digits_uint8(5)
+    steps: list[int] = []
+    out = corrupted.cached_corruptions(images, ["fog", "pixelate"], 2, 0, progress=steps.append)
+    assert sum(steps) == 10
+    for name, array in out.items():
+        assert isinstance(array, np.memmap) and not array.flags.writeable
+        assert np.array_equal(array, corrupted.corrupt_chunk(images, name, 2, 0, 0))
+    assert not list(cache.glob(".*.tmp"))  # temporaries renamed into place
+
+
+def test_a_failed_generation_leaves_no_entry_and_no_temporary(
+        cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = digits_uint8(4)
+    calls = {"n": 0}
+    real = corrupted.corrupt_chunk
+
+    def dies_on_third(*args: object) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("killed")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(corrupted, "corrupt_chunk", dies_on_third)
+    with pytest.raises(MemoryError):
+        corrupted.cached_corruptions(images, ["fog"], 1, 0, workers=1)
+    assert not list(cache.glob("*.npy")) and not list(cache.glob(".*.tmp"))
 
 
 def test_cache_hits_and_keys(cache: Path, generator_calls: list[list[str]],
@@ -220,6 +275,19 @@ def test_progress_share_reports_the_total_once() -> None:
     for _ in range(5):
         share.pass_done()
     assert sum(steps) == 10 and steps == [3, 3, 4]
+
+
+def test_progress_share_advances_within_a_pass_and_skips_to_a_pass() -> None:
+    steps: list[int] = []
+    share = Share(steps.append, total=100, passes=4)
+    for _ in range(10):
+        share.add(0.1)  # one pass, image by image
+    assert sum(steps) == 25 and len(steps) > 1
+    share.until(3)
+    assert sum(steps) == 75
+    share.until(2)  # never backwards
+    share.pass_done()
+    assert sum(steps) == 100
 
 
 SUITE = """\

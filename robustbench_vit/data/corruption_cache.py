@@ -20,15 +20,16 @@ import logging
 import math
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.cache import atomic_path, cache_dir, file_lock
+from ..core.cache import cache_dir, file_lock
 from ..core.cells import stable_hash
 from .corruptions import library_versions
 
@@ -39,14 +40,21 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 """Bumped when the layout or the meaning of a cache entry changes."""
-PARALLEL_MIN_IMAGES = 4000
-"""With `workers=0` (auto), fewer (images x corruptions) than this stay in this process."""
+PARALLEL_MIN_PIXELS = 4000 * 32 * 32
+"""With `workers=0` (auto), jobs below this many pixels x corruptions stay in this process (about
+4,000 32-px or 80 224-px image-corruptions: less work than starting the workers)."""
 CHUNKS_PER_WORKER = 4
+CHUNK_BYTES = 8 * 2**20
+"""At most this many bytes of images per task (~50 224-px images): progress and memory stay fine
+grained; small images go in larger chunks, up to the whole job split CHUNKS_PER_WORKER ways."""
 MAX_AUTO_WORKERS = 16
-"""Auto (`workers=0`) uses at most this many processes (each imports torch: ~0.3 GB)."""
+"""Auto (`workers=0`) uses at most this many processes."""
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 OnDone = Callable[[str, np.ndarray], None]
+"""Called with (name, array) when every image of one corruption is done."""
+Progress = Callable[[int], None]
+"""Called with the number of image-corruptions just finished."""
 
 
 def corrupted_dir() -> Path:
@@ -83,26 +91,28 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def corrupt_chunk(images: np.ndarray, name: str, severity: int, seed: int,
                   start: int) -> np.ndarray:
-    """Corrupt uint8 (n,H,W,3) images that start at index `start` of the slice (worker task)."""
-    import torch
+    """Corrupt uint8 (n,H,W,3) images that start at index `start` of the slice (worker task).
 
-    from .corruptions import corrupt_batch
+    Image i is seeded `image_seed(seed, start + i)`: the pixels `corrupt_batch` gives, without
+    torch (workers never import it).
+    """
+    from .corruptions import corrupt_image, image_seed
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    return to_uint8(corrupt_batch(x, name, severity, seed, start=start))
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        out[i] = corrupt_image(np.ascontiguousarray(image), name, severity,
+                               image_seed(seed, start + i))
+    return out
 
 
 def _init_worker() -> None:
     """Worker start-up: one thread each, imagecorruptions imported before the first task."""
-    import torch
-
-    from .corruptions import load_imagecorruptions
-
-    torch.set_num_threads(1)
     with contextlib.suppress(Exception):
         import cv2
 
         cv2.setNumThreads(1)
+    from .corruptions import load_imagecorruptions
+
     load_imagecorruptions()
 
 
@@ -114,13 +124,20 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_workers(workers: int, n_images: int, n_corruptions: int) -> int:
+def resolve_workers(workers: int, n_images: int, n_corruptions: int,
+                    pixels_per_image: int = 32 * 32) -> int:
     """Processes to use: `workers` when > 0; else the CPUs (at most 16) for large jobs, else 1."""
     if workers > 0:
         return workers
-    if n_images * n_corruptions < PARALLEL_MIN_IMAGES:
+    if n_images * n_corruptions * pixels_per_image < PARALLEL_MIN_PIXELS:
         return 1
     return max(1, min(available_cpus(), MAX_AUTO_WORKERS))
+
+
+def chunk_size(n_images: int, n_corruptions: int, n_workers: int, image_bytes: int) -> int:
+    """Images per task: the job split CHUNKS_PER_WORKER ways per worker, at most CHUNK_BYTES."""
+    even = math.ceil(n_images * n_corruptions / (n_workers * CHUNKS_PER_WORKER))
+    return max(1, min(even, n_images, CHUNK_BYTES // max(1, image_bytes)))
 
 
 def executor(workers: int) -> ProcessPoolExecutor:
@@ -140,63 +157,80 @@ def shutdown_pools() -> None:
 
 
 def corrupt_images(images: np.ndarray, names: Sequence[str], severity: int, seed: int, *,
-                   workers: int = 0, on_done: OnDone | None = None,
-                   start: int = 0) -> dict[str, np.ndarray]:
+                   workers: int = 0, on_done: OnDone | None = None, start: int = 0,
+                   progress: Progress | None = None,
+                   outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Corrupted copies of uint8 (N,H,W,3) `images`, one per name; identical for any `workers`.
 
     Image i is seeded as image `start + i` of the slice, so a chunk of a slice gets exactly the
-    corresponding part of the whole slice's corrupted copy. `on_done(name, array)` is called as
-    each corruption completes (to write it out early).
+    corresponding part of the whole slice's corrupted copy. Results are written into
+    `outputs[name]` when given (e.g. a memory map: memory stays bounded by the tasks in flight),
+    else into new arrays. `on_done(name, array)` is called as each corruption completes (to write
+    it out early); `progress(n)` as images complete.
     """
     names = list(dict.fromkeys(names))
-    n_workers = resolve_workers(workers, len(images), len(names))
+    arrays = {name: np.empty_like(images) for name in names if name not in (outputs or {})}
+    arrays.update({name: outputs[name] for name in names if outputs and name in outputs})
+    pixels = int(np.prod(images.shape[1:3])) if images.ndim == 4 else 1
+    n_workers = resolve_workers(workers, len(images), len(names), pixels)
     if n_workers == 1 or len(images) == 0:
-        out = {}
         for name in names:
-            out[name] = corrupt_chunk(images, name, severity, seed, start)
+            for i in range(len(images)):
+                arrays[name][i:i + 1] = corrupt_chunk(images[i:i + 1], name, severity, seed,
+                                                      start + i)
+                if progress:
+                    progress(1)
             if on_done:
-                on_done(name, out[name])
-        return out
-    return _corrupt_parallel(images, names, severity, seed, n_workers, on_done, start)
+                on_done(name, arrays[name])
+        return arrays
+    _corrupt_parallel(images, arrays, severity, seed, n_workers, on_done, progress, start)
+    return arrays
 
 
-def _corrupt_parallel(images: np.ndarray, names: list[str], severity: int, seed: int,
-                      n_workers: int, on_done: OnDone | None,
-                      start: int = 0) -> dict[str, np.ndarray]:
-    """Chunks of every corruption submitted at once; each corruption assembled when complete."""
+def _corrupt_parallel(images: np.ndarray, arrays: dict[str, np.ndarray], severity: int,
+                      seed: int, n_workers: int, on_done: OnDone | None,
+                      progress: Progress | None, start: int = 0) -> None:
+    """Chunks of every corruption submitted at once, written into `arrays` as they complete."""
     pool = executor(n_workers)
-    size = max(1, math.ceil(len(images) * len(names) / (n_workers * CHUNKS_PER_WORKER)))
-    size = min(size, len(images))
-    starts = range(0, len(images), size)
-    futures: dict[str, list[Future[np.ndarray]]] = {
-        name: [pool.submit(corrupt_chunk, images[s:s + size], name, severity, seed, start + s)
-               for s in starts] for name in names}
-    out = {}
+    size = chunk_size(len(images), len(arrays), n_workers, images[0].nbytes)
+    tasks: dict[Future[np.ndarray], tuple[str, int]] = {}
+    pending = dict.fromkeys(arrays, 0)
+    for name in arrays:  # corruption by corruption: the first ones complete (and save) early
+        for s in range(0, len(images), size):
+            future = pool.submit(corrupt_chunk, images[s:s + size], name, severity, seed,
+                                 start + s)
+            tasks[future] = (name, s)
+            pending[name] += 1
     try:
-        for name, parts in futures.items():
-            out[name] = np.concatenate([f.result() for f in parts])
-            if on_done:
-                on_done(name, out[name])
+        for future in as_completed(tasks):
+            name, s = tasks[future]
+            part = future.result()
+            arrays[name][s:s + len(part)] = part
+            del part
+            if progress:
+                progress(len(images[s:s + size]))
+            pending[name] -= 1
+            if pending[name] == 0 and on_done:
+                on_done(name, arrays[name])
     except BrokenProcessPool:
         _POOLS.pop(n_workers, None)  # a worker died (killed, out of memory): start afresh next time
         raise
     finally:
-        for parts in futures.values():
-            for f in parts:
-                f.cancel()
-    return out
+        for future in tasks:
+            future.cancel()
 
 
 def cached_corruptions(images: np.ndarray, names: Sequence[str], severity: int, seed: int, *,
-                       workers: int = 0, cache: bool = True,
-                       start: int = 0) -> dict[str, np.ndarray]:
+                       workers: int = 0, cache: bool = True, start: int = 0,
+                       progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Corrupted copies of `images` per name, read from the cache or generated (and then cached).
 
     `images` start at image `start` of the slice (see `corrupt_images`). Cached arrays are
-    returned memory-mapped (read-only).
+    returned memory-mapped (read-only); `progress(n)` counts image-corruptions generated.
     """
     if not cache:
-        return corrupt_images(images, names, severity, seed, workers=workers, start=start)
+        return corrupt_images(images, names, severity, seed, workers=workers, start=start,
+                              progress=progress)
     digest, versions, folder = images_digest(images), library_versions(), corrupted_dir()
     paths = {name: folder / f"{entry_key(digest, name, severity, seed, versions, start)}.npy"
              for name in dict.fromkeys(names)}
@@ -205,13 +239,18 @@ def cached_corruptions(images: np.ndarray, names: Sequence[str], severity: int, 
     missing = sorted((n for n in paths if n not in out), key=lambda n: paths[n].name)
     if missing:
         out.update(_build_locked(images, {n: paths[n] for n in missing}, severity, seed, workers,
-                                 start))
+                                 start, progress))
     return {name: out[name] for name in paths}
 
 
 def _build_locked(images: np.ndarray, paths: dict[str, Path], severity: int, seed: int,
-                  workers: int, start: int = 0) -> dict[str, np.ndarray]:
-    """Generate the missing entries holding their locks (taken in key order: no deadlock)."""
+                  workers: int, start: int = 0,
+                  progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Generate the missing entries holding their locks (taken in key order: no deadlock).
+
+    Each entry is generated straight into a memory-mapped temporary .npy beside it (memory stays
+    bounded by the tasks in flight, whatever the slice's size), renamed into place when complete.
+    """
     with contextlib.ExitStack() as stack:
         for path in paths.values():
             stack.enter_context(file_lock(path.with_suffix(".lock")))
@@ -221,13 +260,56 @@ def _build_locked(images: np.ndarray, paths: dict[str, Path], severity: int, see
         if todo:
             log.info("corrupting %d images x %d corruptions (severity %d)", len(images),
                      len(todo), severity)
+            pending = {name: stack.enter_context(_PendingEntry(paths[name], images.shape))
+                       for name in todo}
 
             def save(name: str, array: np.ndarray) -> None:
-                save_entry(paths[name], array)
+                out[name] = pending[name].commit()
 
-            out.update(corrupt_images(images, todo, severity, seed, workers=workers,
-                                      on_done=save, start=start))
+            corrupt_images(images, todo, severity, seed, workers=workers, on_done=save,
+                           start=start, progress=progress,
+                           outputs={name: entry.array for name, entry in pending.items()})
     return out
+
+
+class _PendingEntry:
+    """A cache entry being written: a memory-mapped temporary .npy, renamed onto `path` by
+    `commit` (flushed and fsynced first); removed if the block ends before the commit."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape = path, tuple(shape)
+        self.tmp: Path | None = None
+        self.array: np.ndarray = np.empty(0, np.uint8)
+
+    def __enter__(self) -> _PendingEntry:
+        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                    suffix=".tmp")
+        os.close(fd)
+        self.tmp = Path(name)
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8,
+                                               shape=self.shape)
+        return self
+
+    def commit(self) -> np.ndarray:
+        """Flush, fsync and rename into place; the entry, memory-mapped read-only."""
+        assert self.tmp is not None
+        if isinstance(self.array, np.memmap):
+            self.array.flush()
+        self.array = np.empty(0, np.uint8)  # drop the writable map before the rename
+        with open(self.tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+        entry = load_entry(self.path, self.shape)
+        if entry is None:
+            raise OSError(f"corrupted-images cache entry {self.path} unreadable after writing")
+        return entry
+
+    def __exit__(self, *exc: object) -> None:
+        self.array = np.empty(0, np.uint8)
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
 
 
 def load_entry(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -244,9 +326,3 @@ def load_entry(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
                     array.dtype, array.shape, tuple(shape))
         return None
     return array
-
-
-def save_entry(path: Path, array: np.ndarray) -> None:
-    """Write `array` to `path` atomically (.npy)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array, dtype=np.uint8))

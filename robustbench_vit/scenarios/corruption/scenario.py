@@ -91,7 +91,9 @@ class CorruptionScenario(Scenario):
         """Correct/total counts, clean and per corruption, over the images of `ctx.loader`."""
         names = self.corruption_names()
         found = precomputed_source(ctx.loader.dataset)
-        progress = Share(ctx.advance, total=dataset_len(ctx.loader.dataset), passes=len(names) + 1)
+        # passes over the data: clean, then per corruption generating (unless precomputed), counting
+        passes = len(names) + 1 if found is not None else 2 * len(names) + 1
+        progress = Share(ctx.advance, total=dataset_len(ctx.loader.dataset), passes=passes)
         clean: Counts | None
         if found is None:
             clean, corrupted = self.generated(ctx, names, progress)
@@ -126,8 +128,11 @@ class CorruptionScenario(Scenario):
         pixels = np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
         y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
         start = ctx.first_batch * (ctx.loader.batch_size or 1)  # chunks: seeds of the whole slice
+        per_image = 1 / max(1, len(pixels))
         arrays = cached_corruptions(pixels, names, self.severity, ctx.seed,
-                                    workers=self.workers, cache=self.cache, start=start)
+                                    workers=self.workers, cache=self.cache, start=start,
+                                    progress=lambda n: progress.add(n * per_image))
+        progress.until(1 + len(names))  # cached entries: generation passes done at once
         corrupted = {}
         for name in names:
             corrupted[name] = (count_correct_batches(ctx, array_batches(
@@ -197,12 +202,22 @@ class Share:
 
     def __init__(self, advance: Callable[[int], None], total: int, passes: int):
         self.advance, self.total, self.passes = advance, total, max(1, passes)
-        self.done = self.reported = 0
+        self.done = 0.0
+        self.reported = 0
 
-    def pass_done(self) -> None:
-        """One pass finished: advance to its share of the total."""
-        self.done = min(self.done + 1, self.passes)
-        target = self.total * self.done // self.passes
+    def add(self, passes: float) -> None:
+        """`passes` (a fraction, e.g. one image's share) more done: advance to its share."""
+        self.done = min(self.done + passes, float(self.passes))
+        target = int(self.total * self.done / self.passes + 1e-9)
         if target > self.reported:
             self.advance(target - self.reported)
             self.reported = target
+
+    def pass_done(self) -> None:
+        """One pass finished."""
+        self.add(1)
+
+    def until(self, passes: int) -> None:
+        """At least `passes` passes done (skipped work counts as done)."""
+        if self.done < passes:
+            self.add(passes - self.done)
