@@ -350,3 +350,22 @@ def test_autoattack_matches_the_original_run(digits_model: nn.Module,
     assert float(robust.float().mean()) == float(robust_orig.float().mean())
     assert torch.equal(robust, robust_orig)
     assert torch.equal(x_ours, x_orig)
+
+
+@pytest.mark.parametrize("content", ["adversarial", "corruption:gaussian_noise"])
+def test_patch_chunking_does_not_change_the_result(digits_model: nn.Module,
+                                                   correct_images: tuple[torch.Tensor,
+                                                                         torch.Tensor],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   content: str) -> None:
+    """(image, position) pairs in chunks of 5 (as at 224 px) give the one-chunk result."""
+    import attacks.patch as patch_module
+
+    x, y = correct_images[0][:6], correct_images[1][:6]
+    attack = ATTACKS.get("patch")(patch_size=8, steps=5, positions="all", content=content)
+    whole, whole_stats = attack.perturb_with_stats(digits_model, x, y, seed=3)
+    monkeypatch.setattr(patch_module, "CHUNK_PIXELS", 5 * 32 * 32)
+    chunked, chunked_stats = attack.perturb_with_stats(digits_model, x, y, seed=3)
+    assert chunked_stats == whole_stats
+    assert whole_stats["attack_success_rate"][1] == 6 * 16
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
