@@ -109,6 +109,18 @@ def _mirror(idx: int, length: int) -> int:
 
 
 @_jit
+def _bilinear(src: np.ndarray, r0: int, r1: int, q0: int, q1: int, a0: float, b0: float,
+              a1: float, b1: float, c: int) -> float:
+    """SciPy's order-1 sum over the four corners, in its order: value * w_row * w_col."""
+    t = 0.0
+    t += float(src[r0, q0, c]) * a0 * a1
+    t += float(src[r0, q1, c]) * a0 * b1
+    t += float(src[r1, q0, c]) * b0 * a1
+    t += float(src[r1, q1, c]) * b0 * b1
+    return t
+
+
+@_jit
 def _zoom_linear(src: np.ndarray, out: np.ndarray, zoom0: float, zoom1: float) -> None:
     """scipy.ndimage.zoom(src, (z0, z1, 1), order=1, mode='constant') into `out` (cval 0)."""
     in0, in1, channels = src.shape
@@ -144,12 +156,7 @@ def _zoom_linear(src: np.ndarray, out: np.ndarray, zoom0: float, zoom1: float) -
                 continue
             q1, a1, b1 = cols1[j], colw0[j], colw1[j]
             for c in range(channels):
-                t = 0.0
-                t += float(src[r0, q0, c]) * a0 * a1
-                t += float(src[r0, q1, c]) * a0 * b1
-                t += float(src[r1, q0, c]) * b0 * a1
-                t += float(src[r1, q1, c]) * b0 * b1
-                out[i, j, c] = t
+                out[i, j, c] = _bilinear(src, r0, r1, q0, q1, a0, b0, a1, b1, c)
 
 
 @_jit
@@ -203,12 +210,7 @@ def _map_reflect(image: np.ndarray, dy: np.ndarray, dx: np.ndarray, out: np.ndar
             if q0 < 0 or q1 >= width:
                 q0, q1 = _reflect_index(q0, width), _reflect_index(q1, width)
             for c in range(channels):
-                t = 0.0
-                t += float(image[r0, q0, c]) * a0 * a1
-                t += float(image[r0, q1, c]) * a0 * b1
-                t += float(image[r1, q0, c]) * b0 * a1
-                t += float(image[r1, q1, c]) * b0 * b1
-                out[i, j, c] = t
+                out[i, j, c] = _bilinear(image, r0, r1, q0, q1, a0, b0, a1, b1, c)
 
 
 @_jit
