@@ -533,6 +533,9 @@ def run_all(args: argparse.Namespace, benches: list[Bench]) -> None:
     """Make the data, measure every row on every device, print the tables."""
     limit = int((args.max_rss_gib or default_limit_gib()) * 2**30)
     started, load = time.perf_counter(), os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        log.warning("load average %.1f on %d CPUs: other processes will inflate the timings",
+                    load, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="rbv-imagenet-scale-") as tmp:
         root = Path(tmp) / "images"
         env = {**os.environ, "RBV_CACHE": str(Path(tmp) / "cache")}
