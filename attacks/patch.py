@@ -127,8 +127,9 @@ class PatchAttack(Attack):
                 adv = xs * (1 - ms) + corrupted[image] * ms
                 margin = _margins(model, adv, labels)
             fooled += int((margin < 0).sum())
-            for k in range(len(rows)):  # the first position with the lowest margin, per image
-                i = int(image[k])
+            for i in image.unique_consecutive().tolist():  # per image: its first lowest margin
+                here = torch.nonzero(image == i).flatten()
+                k = here[margin[here].argmin()]
                 if margin[k] < worst[i]:
                     worst[i] = margin[k]
                     x_adv[i] = adv[k]

@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -124,8 +125,6 @@ def fork_times(folder: str, images: np.ndarray, refs: dict[str, np.ndarray],
 def measure(size: int, n: int, n_parallel: int, workers: int,
             fork: str | None) -> tuple[list[Row], float]:
     """Every corruption at `size` px; and s/image of the 19 x 5 job on all cores."""
-    import tempfile
-
     images, many = photos(n, size), photos(n_parallel, size, seed=1)
     corrupt_images(many[:workers], list(ALL), 1, 0, workers=workers)  # start and warm the pool
     rows, refs = [], {}

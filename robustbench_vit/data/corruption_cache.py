@@ -169,15 +169,15 @@ def corrupt_images(images: np.ndarray, names: Sequence[str], severity: int, seed
     it out early); `progress(n)` as images complete.
     """
     names = list(dict.fromkeys(names))
-    arrays = {name: np.empty_like(images) for name in names if name not in (outputs or {})}
-    arrays.update({name: outputs[name] for name in names if outputs and name in outputs})
+    given = outputs or {}
+    arrays = {name: given[name] if name in given else np.empty_like(images) for name in names}
     pixels = int(np.prod(images.shape[1:3])) if images.ndim == 4 else 1
     n_workers = resolve_workers(workers, len(images), len(names), pixels)
     if n_workers == 1 or len(images) == 0:
         for name in names:
-            for i in range(len(images)):
-                arrays[name][i:i + 1] = corrupt_chunk(images[i:i + 1], name, severity, seed,
-                                                      start + i)
+            for i in range(len(images)):  # image by image: progress per image
+                arrays[name][i] = corrupt_chunk(images[i:i + 1], name, severity, seed,
+                                                start + i)[0]
                 if progress:
                     progress(1)
             if on_done:

@@ -21,7 +21,7 @@ What is compiled, and why it is exact:
   `1 - (1 - t)`, the channel axis contributing weight 1 and an exact zero) done per output pixel
   in the same order, in double, cast to the output dtype.
 - elastic_transform: `scipy.ndimage.map_coordinates(order=1, mode='reflect')` likewise, with
-  SciPy's coordinate reflection and its mirrored edge taps.
+  SciPy's coordinate reflection and its reflected (half-sample) edge taps.
 - motion_blur, snow: `_motion_blur`'s shifted copies (edge-replicating rolls) summed tap by tap in
   float64, as `blurred + kernel[i] * shifted` does.
 - brightness, saturate: scikit-image's `rgb2hsv` / `hsv2rgb` per pixel (same formulas, same
@@ -64,7 +64,6 @@ def _jit(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # --- compiled loops -------------------------------------------------------------------------------
-
 
 
 @_jit
@@ -232,7 +231,7 @@ def _shift_sum(image: np.ndarray, weights: np.ndarray, dys: np.ndarray, dxs: np.
                 for c in range(channels):
                     row_out[x * channels + c] += weight * float(row_in[c])
             shift = dx * channels
-            for j in range(lo * channels, hi * channels):  # contiguous: vectorizes
+            for j in range(lo * channels, hi * channels):  # inside the image: one flat run
                 row_out[j] += weight * float(row_in[j - shift])
             last = (width - 1) * channels
             for x in range(hi, width):  # right edge replicates the last column
