@@ -43,11 +43,15 @@ log = logging.getLogger(__name__)
 
 Ablation = Literal["column", "block"]
 CHUNK = 4096
-"""Ablated images per forward pass of the kept-token classifier (bounds memory, keeps forwards
-large)."""
+"""Ablated images per forward pass of the kept-token classifier, at most (keeps forwards large)."""
+CHUNK_TOKENS = 70_000
+"""...and at most this many tokens per forward (bounds memory at any resolution: ~4,100 32-px
+digits images of 17 tokens, ~350 224-px ViT-S/16 images of 197 tokens)."""
 PIXEL_CHUNK = 512
-"""Ablated images per forward pass of a model on full-size pixel-ablated images (their
-activations, at the model's resolution, bound the memory)."""
+"""Ablated images per forward pass of a model on full-size pixel-ablated images, at most..."""
+PIXEL_CHUNK_PIXELS = PIXEL_CHUNK * 32 * 32
+"""...and at most this many pixels per forward (their activations, at the model's resolution,
+bound the memory: 512 32-px images, 10 224-px images)."""
 
 
 def ablation_positions(
@@ -224,8 +228,8 @@ class SmoothedViT(nn.Module):
         if keep is not None:
             counts = keep.sum(1)
             groups = [torch.nonzero(counts == k).flatten() for k in counts.unique()]
-        per = max(1, (CHUNK if self.tokens else PIXEL_CHUNK) // max(len(x), 1))
         for group in groups:
+            per = self._ablations_per_forward(len(x), height, width, masks, keep, group)
             for part in group.split(per):
                 m = masks[part]
                 if keep is not None:
@@ -235,6 +239,20 @@ class SmoothedViT(nn.Module):
                     images = (x[None] * m[:, None, None]).flatten(0, 1)
                     pixel_masks = m[:, None].expand(-1, len(x), -1, -1).flatten(0, 1)
                     yield part, self._classify(images, pixel_masks, drop=False)
+
+    def _ablations_per_forward(self, batch: int, height: int, width: int, masks: torch.Tensor,
+                               keep: torch.Tensor | None, group: torch.Tensor) -> int:
+        """Ablations per forward: CHUNK / PIXEL_CHUNK images, fewer where the tokens (pixels)
+        of that many images would exceed CHUNK_TOKENS (PIXEL_CHUNK_PIXELS)."""
+        if not self.tokens:
+            images = min(PIXEL_CHUNK, PIXEL_CHUNK_PIXELS // (height * width))
+        else:
+            vit: Any = self.backbone
+            patches = (int(keep[group[0]].sum()) if keep is not None
+                       else self._kept_tokens(masks[:1]).shape[1])
+            tokens = patches + int(vit.num_prefix_tokens)
+            images = min(CHUNK, CHUNK_TOKENS // tokens)
+        return max(1, images // max(batch, 1))
 
     def _kept_tokens(self, masks: torch.Tensor) -> torch.Tensor:
         """(N, tokens) bool: the patches that hold at least one retained pixel."""

@@ -102,6 +102,33 @@ def test_token_dropping_gives_the_votes_of_the_full_masked_forward(
     assert (dropped.sum(1) == n).all()
 
 
+@pytest.mark.parametrize("token_dropping", [True, False])
+def test_forwards_stay_within_the_token_budget_and_votes_do_not_change(
+    digits_model: torch.nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch, token_dropping: bool,
+) -> None:
+    """At 224 px a fixed image count per forward ran out of memory; the chunks follow tokens."""
+    import copy
+
+    import defenses.smoothing as module
+
+    smoothed = smoothing(ablation="column", size=4, stride=1).apply(
+        copy.deepcopy(digits_model)).eval()
+    x = digits_batch[0][:8]
+    expected = smoothed.votes(x, token_dropping=token_dropping)
+    sizes: list[int] = []
+    encode = smoothed._encode
+
+    def counting(tokens: torch.Tensor, *args: object) -> torch.Tensor:
+        sizes.append(tokens.shape[0] * tokens.shape[1])
+        return encode(tokens, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(smoothed, "_encode", counting)
+    monkeypatch.setattr(module, "CHUNK_TOKENS", 17 * 8 * 3)  # 3 ablations of 8 full images
+    assert torch.equal(smoothed.votes(x, token_dropping=token_dropping), expected)
+    assert len(sizes) > 1 and max(sizes) <= module.CHUNK_TOKENS
+
+
 def test_token_dropping_matches_on_the_ablation_trained_model(
     trained_smoothed: torch.nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
