@@ -227,16 +227,19 @@ def gate(
             report = run_gates(loaded, results, baselines, evaluate=evaluate, progress=progress)
     except RbvError as exc:
         raise fail(exc) from None
+    styles = {"PASSED": "green", "FAILED": "bold red", "XFAIL": "yellow", "XPASS": "bold yellow"}
     for outcome in report.outcomes:
-        word = "[green]PASSED[/]" if outcome.passed else "[bold red]FAILED[/]"
-        out.print(f"{escape(str(suite))}::{escape(outcome.id)} {word}  {escape(outcome.message)}",
-                  highlight=False)
+        verdict = outcome.verdict
+        why = f" (expected to fail: {outcome.expected_failure})" if outcome.expected_failure else ""
+        out.print(f"{escape(str(suite))}::{escape(outcome.id)} [{styles[verdict]}]{verdict}[/]  "
+                  f"{escape(outcome.message)}{escape(why)}", highlight=False)
     if report.missing_cells:
         err.print(f"note: {report.missing_cells} of the suite's cells have no stored result "
                   "(`rbv evaluate` or --evaluate runs them)", highlight=False)
-    failed, passed = len(report.failed), len(report.outcomes) - len(report.failed)
-    summary = ", ".join(x for x in (f"{failed} failed" if failed else "",
-                                    f"{passed} passed" if passed else "") if x)
+    tally = {v: sum(1 for o in report.outcomes if o.verdict == v) for v in styles}
+    failed = tally["FAILED"]
+    words = {"FAILED": "failed", "PASSED": "passed", "XFAIL": "xfailed", "XPASS": "xpassed"}
+    summary = ", ".join(f"{tally[v]} {words[v]}" for v in words if tally[v])
     colour = "red" if failed else "green"
     out.print(f"[{colour}]{'=' * 10} {summary} in {time.perf_counter() - start:.2f}s "
               f"{'=' * 10}[/]", highlight=False)

@@ -71,7 +71,14 @@ class SuiteFile(pytest.File):
         self.suite = load_suite(self.path)
         self._report: GateReport | None = None
         for index, name in enumerate(gate_ids(self.suite.gates.checks)):
-            yield GateItem.from_parent(self, name=name, gate=index)
+            item = GateItem.from_parent(self, name=name, gate=index)
+            spec = self.suite.gates.checks[index]
+            if spec.expect == "fail":
+                # only a checked claim that fails is expected: a gate matching no row raises
+                # GateMissing, which stays a failure
+                item.add_marker(pytest.mark.xfail(reason=spec.reason or "", raises=GateFailed,
+                                                  strict=False))
+            yield item
 
     def report(self) -> GateReport:
         """The gate report of the suite, computed once (evaluating missing cells if asked)."""
@@ -99,6 +106,10 @@ class GateFailed(Exception):
     """A gate check that did not pass."""
 
 
+class GateMissing(Exception):
+    """A gate that matched no stored row (never an expected failure)."""
+
+
 class GateItem(pytest.Item):
     """One gate of the suite: passes when every row it selects passes its checks."""
 
@@ -118,6 +129,8 @@ class GateItem(pytest.Item):
         failed = [o for o in outcomes if not o.passed]
         if failed:
             lines = [f"{o.id}: {o.message}" for o in failed]
+            if any(o.value is None for o in failed):
+                raise GateMissing("\n  ".join(lines))
             head = f"{len(failed)} of {len(outcomes)} checked row(s) failed"
             raise GateFailed("\n  ".join([head, *lines]))
 
@@ -125,7 +138,7 @@ class GateItem(pytest.Item):
                      style: TracebackStyle | None = None) -> str | TerminalRepr:
         from .core.errors import RbvError
 
-        if isinstance(excinfo.value, GateFailed):
+        if isinstance(excinfo.value, (GateFailed, GateMissing)):
             text = f"gate failed: {self.name}\n  {excinfo.value}"
             if self.missing:
                 text += f"\n  ({self.missing} cells of the suite have no stored result)"

@@ -139,6 +139,103 @@ def test_two_gates_on_one_row_get_distinct_ids() -> None:
                                         "vit/none/clean/accuracy@baseline"]
 
 
+def with_examples(record: dict[str, Any], bits: list[int], data: str = "slice") -> dict[str, Any]:
+    import numpy as np
+
+    from robustbench_vit.core.outcomes import ExampleBits
+
+    encoded = ExampleBits(data=data, start=0, bits=np.array(bits, dtype=bool)).encode()
+    return {**record, "examples": encoded}
+
+
+DTA = {"model": "victim", "scenario": "transfer:dta", "metric": "transfer_success_rate",
+       "params": {"method": "dta"}}
+
+
+def dta_rows(dta: float, noise: float, n: int = 200) -> pd.DataFrame:
+    # DTA's own row names its attack layer; the baselines' rows carry no layer
+    return table(
+        row(dta, model="victim", scenario="transfer:dta", metric="transfer_success_rate", n=n,
+            method="dta", attack_layer=2),
+        row(noise, model="victim", scenario="transfer:dta", metric="transfer_success_rate", n=n,
+            method="random_noise", attack_layer=None))
+
+
+@pytest.mark.parametrize(("dta", "noise", "by", "passed"), [
+    (0.60, 0.02, 0.3, True),    # 58 points above, far beyond the margin of 0.3
+    (0.34, 0.02, 0.3, False),   # 32 points: the interval's lower end is below 0.3
+    (0.10, 0.02, 0.0, True),    # 8 points on n=200 each: the independent interval clears 0
+    (0.02, 0.10, 0.0, False),   # the other way round
+])
+def test_exceeds_compares_rows_of_other_params_with_a_margin(
+        dta: float, noise: float, by: float, passed: bool) -> None:
+    gate = {**DTA, "exceeds": {"params": {"method": "random_noise", "attack_layer": None},
+                               "by": by}}
+    [outcome] = check_gates(suite_with(gate), dta_rows(dta, noise))
+    assert outcome.passed is passed, outcome.message
+    assert "independent samples of 200 and 200" in outcome.message
+    assert outcome.id == "victim/none/transfer:dta[method=dta]/transfer_success_rate"
+
+
+def test_exceeds_ignores_the_direction_better_than_follows_it() -> None:
+    # transfer_success_rate is lower-is-better: "better than noise" means a lower success rate
+    rows = dta_rows(0.6, 0.02)
+    other = {"params": {"method": "random_noise", "attack_layer": None}}
+    [exceeds] = check_gates(suite_with({**DTA, "exceeds": other}), rows)
+    [better] = check_gates(suite_with({**DTA, "better_than": other}), rows)
+    assert exceeds.passed and not better.passed, (exceeds.message, better.message)
+
+
+def test_a_comparison_that_names_no_single_row_fails() -> None:
+    gate = {**DTA, "exceeds": {"params": {"method": "surrogate"}}}
+    [outcome] = check_gates(suite_with(gate), dta_rows(0.6, 0.02))
+    assert not outcome.passed and "0 rows of victim/none match" in outcome.message
+    # a null in the comparison must be absent or null: attack_layer=2 is neither
+    [layer] = check_gates(suite_with({**DTA, "exceeds": {"params": {"method": "random_noise"}}}),
+                          dta_rows(0.6, 0.02))
+    assert not layer.passed and "0 rows" in layer.message
+
+
+def test_comparisons_pair_the_same_images_when_both_rows_carry_outcomes() -> None:
+    # 10 images: the ViT fooled on 6, the CNN on the same 6 and 2 more. Independently, 0.6 vs
+    # 0.8 on 10 images each is no evidence; paired, 2 discordant pairs all one way still are not
+    # enough, but 20 images with 8 discordant pairs are.
+    vit = [1] * 6 + [0] * 4
+    cnn = [1] * 8 + [0] * 2
+    gate = {"model": "cnn", "scenario": "attack:patch", "metric": "attack_success_rate",
+            "exceeds": {"model": "vit"}}
+    rows = table(with_examples(row(0.8, model="cnn", scenario="attack:patch",
+                                   metric="attack_success_rate", n=10), cnn),
+                 with_examples(row(0.6, model="vit", scenario="attack:patch",
+                                   metric="attack_success_rate", n=10), vit))
+    [small] = check_gates(suite_with(gate), rows)
+    assert not small.passed and "paired, the same 10 images" in small.message
+    vit, cnn = vit * 4, [1] * 6 + [1] * 4 + [1] * 6 + [0] * 4 + [1] * 6 + [1] * 4 + [1] * 6 \
+        + [0] * 4
+    rows = table(with_examples(row(sum(cnn) / 40, model="cnn", scenario="attack:patch",
+                                   metric="attack_success_rate", n=40), cnn),
+                 with_examples(row(sum(vit) / 40, model="vit", scenario="attack:patch",
+                                   metric="attack_success_rate", n=40), vit))
+    [large] = check_gates(suite_with(gate), rows)
+    assert large.passed, large.message
+    assert "paired, the same 40 images" in large.message
+
+
+def test_expected_failures_do_not_fail_the_run_but_missing_rows_do() -> None:
+    from robustbench_vit.results.gates import GateReport
+
+    claim = {**GATE, "min": 0.95, "expect": "fail", "reason": "measured: 0.90 here"}
+    [xfail] = check_gates(suite_with(claim), table(row(0.90)))
+    assert (xfail.verdict, xfail.passed, xfail.expected_failure) == (
+        "XFAIL", False, "measured: 0.90 here")
+    [xpass] = check_gates(suite_with(claim), table(row(0.97)))
+    assert xpass.verdict == "XPASS"
+    [missing] = check_gates(suite_with(claim), table(row(0.97, model="other")))
+    assert missing.verdict == "FAILED"
+    report = GateReport(outcomes=[xfail, xpass, missing], missing_cells=0)
+    assert report.failed == [missing]
+
+
 # --- end to end: the console script and pytest on real files ---------------------------------
 
 TINY = TINY_SUITE.replace("suite: tiny", "suite: gated") + """\
@@ -238,6 +335,30 @@ def test_pytest_collects_each_gate_as_an_item(gated: Path) -> None:
     assert "gate failed" in proc.stdout and "1 of 1 checked row(s) failed" in proc.stdout
     assert "vit/none/clean/accuracy@min: 0.0000 < min 0.9900" in proc.stdout
     assert "1 failed, 2 passed" in proc.stdout
+
+
+EXPECTED = ("    - {model: vit, scenario: clean, metric: accuracy, min: 0.99, expect: fail,\n"
+            "       reason: a random-init ViT is near chance}\n")
+
+
+def test_expected_failures_are_xfail_in_rbv_gate_and_pytest(gated: Path, rbv_bin: str) -> None:
+    (gated / "claims.yaml").write_text(TINY + EXPECTED)
+    proc = run(rbv_bin, "gate", "claims.yaml", "--no-evaluate", cwd=gated)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "vit/none/clean/accuracy@min XFAIL" in proc.stdout
+    assert "expected to fail: a random-init ViT is near chance" in proc.stdout
+    assert "3 passed, 1 xfailed" in proc.stdout
+    proc = run(sys.executable, "-m", "pytest", "claims.yaml", "-rx", "-p", "no:cacheprovider",
+               "--rootdir", str(gated), cwd=gated)
+    assert proc.returncode == 0, proc.stdout
+    assert "2 passed, 1 xfailed" in proc.stdout
+    assert "a random-init ViT is near chance" in proc.stdout
+    # an expected failure whose rows are missing is a real failure
+    (gated / "claims.yaml").write_text((TINY + EXPECTED).replace("evaluate: true",
+                                                                 "evaluate: false"))
+    proc = run(sys.executable, "-m", "pytest", "claims.yaml", "-q", "-p", "no:cacheprovider",
+               "--rootdir", str(gated), "--rbv-results", "elsewhere", cwd=gated)
+    assert proc.returncode == 1 and "3 failed" in proc.stdout, proc.stdout
 
 
 def test_pytest_passes_a_passing_suite(gated: Path) -> None:

@@ -118,15 +118,23 @@ class RunnerSpec(_Strict):
 
 
 class CompareSpec(_Strict):
-    """The other side of a paired gate: the model and/or defense (label) to compare with."""
+    """The other side of a paired gate: the row of another model, defense and/or params.
+
+    The compared row has the matched row's scenario, metric and params, except what is named
+    here: `model`, `defense` (label), and `params` (keys replaced; a key set to null must be
+    absent or null there, e.g. `{method: random_noise, attack_layer: null}`). `by` is the margin
+    the difference must clear: the lower end of its interval must lie above `by`.
+    """
 
     model: str | None = None
     defense: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    by: Annotated[Real, Field(ge=0)] = 0.0
 
     @model_validator(mode="after")
     def _names_one(self) -> CompareSpec:
-        if self.model is None and self.defense is None:
-            raise ValueError("better_than needs a model and/or a defense to compare with")
+        if self.model is None and self.defense is None and not self.params:
+            raise ValueError("a comparison needs a model, a defense and/or params to compare with")
         return self
 
 
@@ -152,8 +160,27 @@ class GateSpec(_Strict):
     no_flags: bool = False
     """Fail when a matched row carries a flag (an attack-failure indicator fired on it)."""
     better_than: CompareSpec | None = None
-    """Compare on the same images: the matched row must beat the row of the same scenario,
-    params and metric of this other model/defense beyond the paired (McNemar) interval."""
+    """The matched row must beat the compared row in the metric's good direction beyond the
+    interval of the difference: paired (McNemar) on the same images when both rows carry
+    per-example outcomes, else independent (see results.gates)."""
+    exceeds: CompareSpec | None = None
+    """The matched row's value must be larger than the compared row's (whatever the metric's
+    direction) beyond the interval: a paper's claim such as "DTA's success rate exceeds random
+    noise's by 0.3" reads `exceeds: {params: {method: random_noise}, by: 0.3}`."""
+    expect: Literal["pass", "fail"] = "pass"
+    """`fail`: a claim known not to hold here. A failing check is reported as an expected
+    failure (XFAIL, not a failed run) with `reason`; a passing one as XPASS. A gate that matches
+    no row still fails."""
+    reason: str | None = None
+    """Why a gate with `expect: fail` fails here (measured, not guessed): required with it."""
+
+    @model_validator(mode="after")
+    def _reason_with_expect(self) -> GateSpec:
+        if self.expect == "fail" and not (self.reason and self.reason.strip()):
+            raise ValueError("`expect: fail` needs a `reason:` saying why the claim fails here")
+        if self.expect == "pass" and self.reason is not None:
+            raise ValueError("`reason:` is only for gates with `expect: fail`")
+        return self
 
 
 class GatesSpec(_Strict):

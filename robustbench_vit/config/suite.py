@@ -307,8 +307,14 @@ def _check_gates(spec: SuiteSpec, problems: _Problems) -> None:
             problems.add(f"{where}.model", f"no model of this suite matches {gate.model!r} "
                          f"(models: {', '.join(names)})")
         if gate.min is None and gate.max is None and not gate.baseline and not gate.no_flags \
-                and gate.better_than is None:
+                and gate.better_than is None and gate.exceeds is None:
             problems.add(where, "a gate needs `min:`, `max:`, `baseline: true`, "
-                                "`no_flags: true` or `better_than:`")
+                                "`no_flags: true`, `better_than:` or `exceeds:`")
+        for side in ("better_than", "exceeds"):
+            other = getattr(gate, side)
+            if other is not None and other.model is not None \
+                    and not fnmatch.filter(names, other.model):
+                problems.add(f"{where}.{side}.model", f"no model of this suite is named "
+                             f"{other.model!r} (models: {', '.join(names)})")
         if gate.min is not None and gate.max is not None and gate.min > gate.max:
             problems.add(where, f"min {gate.min} is above max {gate.max}")

@@ -7,9 +7,14 @@ parameters. Each matching row is one check:
 
 - threshold: `min <= value <= max`;
 - no_flags: the row carries no flag (no attack-failure indicator fired on it);
-- better_than: the row beats the row of another model/defense (same scenario, params, metric) on
-  the same images: the paired (McNemar) interval of the gain, from the per-example outcomes, lies
-  above 0 — sharper than two independent proportions;
+- better_than / exceeds: the row is compared with another row of the same scenario and metric
+  (another model, defense and/or params). `better_than` asks for a gain in the metric's good
+  direction, `exceeds` for a larger value whatever the direction (a paper's claim such as "DTA
+  succeeds more often than random noise"); either way the lower end of the interval of the
+  difference must lie above the margin `by` (default 0). The interval is paired (McNemar, from
+  the per-example outcomes) when both rows carry outcomes on the same images — sharper than two
+  independent proportions — else the Agresti-Caffo interval of two independent proportions, else
+  (neither a proportion nor stored intervals) the point values, and the message says which;
 - baseline: the value may not be worse than the same row of `results/baselines/<suite>.csv` by more
   than a statistical margin plus `tolerance`. For proportions with a sample size the margin is
   z * SE of the difference of two independent proportions (Agresti-Caffo: (x+1)/(n+2), so p = 0 or 1
@@ -17,7 +22,10 @@ parameters. Each matching row is one check:
   of the stored confidence intervals when there are any, else it is zero. Only a change in the
   metric's bad direction fails a baseline gate.
 
-A gate that matches no row fails: a missing result must not pass silently.
+A gate that matches no row fails: a missing result must not pass silently. A gate with `expect:
+fail` states a claim known not to hold here: its failing checks are expected failures (with the
+gate's measured `reason`), its passing ones unexpected passes; neither fails the run, but a gate
+that matches no row still does.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import fnmatch
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from statistics import NormalDist
@@ -34,7 +42,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-from ..config.spec import GateSpec
+from ..config.spec import CompareSpec, GateSpec
 from ..config.suite import Suite
 from ..core.errors import RbvError
 from ..core.metrics import paired_difference
@@ -69,6 +77,21 @@ class GateOutcome:
     passed: bool
     value: float | None
     message: str
+    expected_failure: str | None = None
+    """The gate's reason when it has `expect: fail` (set on every row it checked)."""
+
+    @property
+    def verdict(self) -> str:
+        """PASSED, FAILED, XFAIL (an expected failure) or XPASS (an expected failure that
+        passed)."""
+        if self.expected_failure is None:
+            return "PASSED" if self.passed else "FAILED"
+        return "XPASS" if self.passed else "XFAIL"
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """Whether this outcome fails the run (an expected failure does not)."""
+        return not self.passed and self.expected_failure is None
 
 
 def suite_table(suite: Suite, frame: pd.DataFrame) -> pd.DataFrame:
@@ -150,16 +173,19 @@ def check_gates(suite: Suite, table: pd.DataFrame,
             continue
         shown = sorted(set(_varying(rows)) | (set(gate.params) - {DEFENSE_PARAMS}))
         for (_, row), label in zip(rows.iterrows(), defense_labels(rows), strict=True):
-            paired = partial(_better_than, gate, row, label, table, z)
-            outcomes.append(_check_row(index, gate, row, row_id(row, label, shown), base, z,
-                                       paired))
+            compare = partial(_compare, gate, row, label, table, z)
+            outcome = _check_row(index, gate, row, row_id(row, label, shown), base, z, compare)
+            if gate.expect == "fail":
+                outcome = replace(outcome, expected_failure=gate.reason)
+            outcomes.append(outcome)
     return _unique_ids(outcomes)
 
 
 def _checks(gate: GateSpec) -> str:
     kinds = (("min", gate.min is not None), ("max", gate.max is not None),
              ("baseline", gate.baseline), ("no_flags", gate.no_flags),
-             ("better_than", gate.better_than is not None))
+             ("better_than", gate.better_than is not None),
+             ("exceeds", gate.exceeds is not None))
     return "+".join(name for name, present in kinds if present)
 
 
@@ -181,14 +207,12 @@ def _unique_ids(outcomes: list[GateOutcome]) -> list[GateOutcome]:
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome.id] = counts.get(outcome.id, 0) + 1
-    return [o if counts[o.id] == 1 else GateOutcome(
-        gate=o.gate, id=f"{o.id}@{o.checks}", checks=o.checks, passed=o.passed, value=o.value,
-        message=o.message) for o in outcomes]
+    return [o if counts[o.id] == 1 else replace(o, id=f"{o.id}@{o.checks}") for o in outcomes]
 
 
 def _check_row(index: int, gate: GateSpec, row: pd.Series, ident: str,
                base: dict[tuple[str, ...], pd.Series] | None, z: float,
-               better_than: Callable[[], tuple[bool, str]]) -> GateOutcome:
+               compare: Callable[[str], tuple[bool, str]]) -> GateOutcome:
     value = float(row["value"])
     checks: list[tuple[bool, str]] = []
     if gate.min is not None:
@@ -202,45 +226,99 @@ def _check_row(index: int, gate: GateSpec, row: pd.Series, ident: str,
     if gate.no_flags:
         flags = row_flags(row.get("flags"))
         checks.append((not flags, f"flagged: {', '.join(flags)}" if flags else "no flags"))
-    if gate.better_than is not None:
-        checks.append(better_than())
+    for side in ("better_than", "exceeds"):
+        if getattr(gate, side) is not None:
+            checks.append(compare(side))
     failed = [text for ok, text in checks if not ok]
     return GateOutcome(gate=index, id=ident, checks=_checks(gate), passed=not failed, value=value,
                        message="; ".join(failed or [text for _, text in checks]))
 
 
-def _better_than(gate: GateSpec, row: pd.Series, label: str, table: pd.DataFrame,
-                 z: float) -> tuple[bool, str]:
-    """Whether `row` beats the compared row on the same images beyond the paired interval."""
-    other_spec = gate.better_than
-    assert other_spec is not None
-    model = other_spec.model or str(row["model"])
-    defense = other_spec.defense or label
-    params = {k: v for k, v in json.loads(row["params"]).items() if k != DEFENSE_PARAMS}
+def _compare(gate: GateSpec, row: pd.Series, label: str, table: pd.DataFrame, z: float,
+             side: str) -> tuple[bool, str]:
+    """`better_than` / `exceeds` (named by `side`): whether `row` beats the compared row by more
+    than the margin, judged by the lower end of the interval of the difference."""
+    spec: CompareSpec = getattr(gate, side)
+    other, problem = _compared_row(spec, row, label, table)
+    if other is None:
+        return False, f"{side}: {problem}"
+    gain, low, high, how = _difference(row, other, z)
+    if side == "better_than" and not METRICS.get(str(row["metric"])).higher_is_better:
+        gain, low, high = -gain, -high, -low
+    margin = float(spec.by)
+    who = f"{spec.model or row['model']}/{spec.defense or label}"
+    changed = ",".join(f"{k}={format_value(v)}" for k, v in sorted(spec.params.items()))
+    text = (f"{side}: {float(row['value']):.4f} vs {float(other['value']):.4f} for "
+            f"{who}{f'[{changed}]' if changed else ''} ({how}; interval of the "
+            f"{'gain' if side == 'better_than' else 'difference'} [{low:.4f}, {high:.4f}]"
+            f"{f', margin {margin:.4f}' if margin else ''})")
+    return low > margin, text
+
+
+def _compared_row(spec: CompareSpec, row: pd.Series, label: str,
+                  table: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The one row a comparison names, or (None, why not)."""
+    model = spec.model or str(row["model"])
+    defense = spec.defense or label
+    wanted = _comparable({**_own_params(row["params"]), **spec.params})
     candidates = table[(table["model"] == model) & (table["scenario"] == row["scenario"])
                        & (table["metric"] == row["metric"])]
     labels = defense_labels(candidates)
     others = [r for (_, r), lab in zip(candidates.iterrows(), labels, strict=True)
               if defense in (lab, str(r["defense"]))
-              and {k: v for k, v in json.loads(r["params"]).items()
-                   if k != DEFENSE_PARAMS} == params]
+              and _same_params(wanted, _comparable(_own_params(r["params"])))]
     if len(others) != 1:
-        return False, (f"better_than: {len(others)} rows of {model}/{defense} match this row's "
-                       "scenario, params and metric (need exactly one)")
-    other = others[0]
+        return None, (f"{len(others)} rows of {model}/{defense} match this row's scenario, params "
+                      "and metric with the comparison's changes (need exactly one)")
+    return others[0], ""
+
+
+def _own_params(params: str) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(params).items() if k != DEFENSE_PARAMS}
+
+
+def _comparable(params: dict[str, Any]) -> dict[str, Any]:
+    """Params without null values: a key set to null in a comparison must be absent or null."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _same_params(wanted: dict[str, Any], actual: dict[str, Any]) -> bool:
+    return wanted.keys() == actual.keys() and _params_match(wanted, actual)
+
+
+def _difference(row: pd.Series, other: pd.Series, z: float) -> tuple[float, float, float, str]:
+    """(value - other value, interval low, high, how the interval was made)."""
+    value, reference = float(row["value"]), float(other["value"])
+    paired = _paired_bits(row, other)
+    if paired is not None:
+        mine, theirs = paired
+        _, low, high = paired_difference(int((mine & ~theirs).sum()), int((theirs & ~mine).sum()),
+                                         len(mine), z)
+        return value - reference, low, high, f"paired, the same {len(mine)} images"
+    metric = METRICS.get(str(row["metric"]))
+    n, m = _count(row["n"]), _count(other["n"])
+    if metric.proportion and n and m:
+        p1, p2 = (value * n + 1) / (n + 2), (reference * m + 1) / (m + 2)
+        half = z * math.sqrt(_adjusted_var(value, n) + _adjusted_var(reference, m))
+        return value - reference, p1 - p2 - half, p1 - p2 + half, (
+            f"independent samples of {n} and {m}: no per-example outcomes to pair")
+    halves = [_half_width(r) for r in (row, other)]
+    if all(h is not None for h in halves):
+        half = math.sqrt(sum(h * h for h in halves if h is not None))
+        diff = value - reference
+        return diff, diff - half, diff + half, "the stored intervals"
+    diff = value - reference
+    return diff, diff, diff, "point values: no intervals stored"
+
+
+def _paired_bits(row: pd.Series, other: pd.Series) -> tuple[Any, Any] | None:
+    """Both rows' per-example outcomes when they are on the same images, else None."""
     if not isinstance(row.get("examples"), str) or not isinstance(other.get("examples"), str):
-        return False, "better_than: a row has no per-example outcomes to compare image by image"
+        return None
     mine, theirs = (ExampleBits.decode(r["examples"]) for r in (row, other))
-    if mine.data != theirs.data or len(mine.bits) != len(theirs.bits):
-        return False, "better_than: the two rows were measured on different images"
-    if not METRICS.get(str(row["metric"])).higher_is_better:
-        mine, theirs = theirs, mine
-    gain, low, high = paired_difference(int((mine.bits & ~theirs.bits).sum()),
-                                        int((theirs.bits & ~mine.bits).sum()), len(mine.bits), z)
-    text = (f"{float(row['value']):.4f} vs {float(other['value']):.4f} for {model}/{defense} on "
-            f"the same {len(mine.bits)} images (paired interval of the gain [{low:.4f}, "
-            f"{high:.4f}])")
-    return low > 0, text
+    if mine.data != theirs.data or len(mine.bits) != len(theirs.bits) or not len(mine.bits):
+        return None
+    return mine.bits, theirs.bits
 
 
 def _against_baseline(gate: GateSpec, row: pd.Series,
@@ -338,5 +416,5 @@ class GateReport:
 
     @property
     def failed(self) -> list[GateOutcome]:
-        """The outcomes that did not pass."""
-        return [o for o in self.outcomes if not o.passed]
+        """The outcomes that fail the run (not passed, not expected to fail)."""
+        return [o for o in self.outcomes if o.counts_as_failure]
