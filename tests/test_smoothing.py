@@ -203,6 +203,38 @@ def test_certify_reports_smoothed_certified_and_base_accuracy(
     assert bigger[1].value <= by["certified_accuracy"].value
 
 
+def test_certify_measures_the_token_dropping_speedup_on_identical_votes(
+    trained_smoothed: torch.nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    rows = CertifyScenario(patch_size=5, speedup=True, repeats=2).run(
+        context(trained_smoothed, smoothing(**TRAINED), *digits_batch)
+    )
+    [speed] = [r for r in rows if r.metric == "token_drop_speedup"]
+    # a ratio of two timings: measured, never asserted beyond being one (benchmarks/ and the
+    # smoothed-ViT paper suite report it)
+    assert 0 < speed.value < float("inf") and 0 < speed.n <= len(digits_batch[1])
+    assert [r.metric for r in CertifyScenario(patch_size=5).run(
+        context(trained_smoothed, smoothing(**TRAINED), *digits_batch))].count(
+        "token_drop_speedup") == 0
+
+
+def test_the_speedup_check_refuses_a_path_that_changes_votes(
+    trained_smoothed: torch.nn.Module, digits_batch: tuple[torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from robustbench_vit.scenarios.certify import token_drop_speedup
+
+    honest = type(trained_smoothed).votes
+
+    def skewed(self: object, x: torch.Tensor, token_dropping: bool | None = None) -> torch.Tensor:
+        votes = honest(self, x, token_dropping)
+        return votes.roll(1, dims=1) if token_dropping else votes
+
+    monkeypatch.setattr(type(trained_smoothed), "votes", skewed)
+    with pytest.raises(RuntimeError, match="changed the votes"):
+        token_drop_speedup(trained_smoothed, digits_batch[0][:8], 1)
+
+
 def patched(x: torch.Tensor, content: torch.Tensor, m: int) -> torch.Tensor:
     """Every m×m patch position of one image (P, C, H, W), the patch set to `content`
     (P or 1, C, m, m)."""

@@ -11,10 +11,12 @@ count_top − count_second > 2Δ.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, cast
+from typing import Annotated, Any, ClassVar, cast
 
 import pandas as pd
 import torch
@@ -27,10 +29,15 @@ from ..core.registry import DEFENSES, PLOTS, SCENARIOS
 from ..report import plots as pk
 from .base import CellContext, PlanContext, Scenario, skip_reason
 
+log = logging.getLogger(__name__)
+
 register_metric("certified_accuracy", higher_is_better=True, headline=True,
                 description="Fraction of images certified correct against the patch size")
 register_metric("smoothed_accuracy", higher_is_better=True,
                 description="Top-1 accuracy of the smoothed (voting) classifier")
+register_metric("token_drop_speedup", higher_is_better=True, proportion=False,
+                description="Wall time of the full masked forward over token dropping for the "
+                            "same votes (certify with `speedup: true`; best of `repeats`)")
 
 
 def affected_ablations(ablation: str, size: int, stride: int, patch: int) -> int:
@@ -103,6 +110,11 @@ class CertifyScenario(Scenario):
 
     kind: ClassVar[str] = "certify"
     patch_size: Annotated[int, Field(ge=1)]
+    speedup: bool = False
+    """Also time the votes of the first batch both ways (full masked forward and token dropping),
+    check they are identical, and report `token_drop_speedup` (Salman et al.'s ViT speed-up)."""
+    repeats: Annotated[int, Field(ge=1)] = 3
+    """Timings per path for `speedup` (the best of each is compared)."""
 
     def unsupported(self, ctx: PlanContext) -> str | None:
         return skip_reason(lambda: require_smoothing(ctx.defense))
@@ -120,7 +132,13 @@ class CertifyScenario(Scenario):
                 f"{type(ctx.model).__name__}")
         base = cast(Callable[[], nn.Module], base_classifier)().eval()
         n = n_smoothed = n_certified = n_base = 0
+        speedup: list[Measurement] = []
+        timed = False
         for x, y in ctx.batches():
+            if self.speedup and not timed:
+                timed = True
+                measured = token_drop_speedup(ctx.model, x, self.repeats)
+                speedup = [measured] if measured is not None else []
             delta = certificate_delta(
                 defense.ablation, defense.size, defense.stride, self.patch_size,
                 (x.shape[-2], x.shape[-1]),
@@ -134,7 +152,34 @@ class CertifyScenario(Scenario):
             proportion("smoothed_accuracy", n_smoothed, n),
             proportion("certified_accuracy", n_certified, n),
             proportion("accuracy", n_base, n, model="base"),
+            *speedup,
         ]
+
+
+def token_drop_speedup(smoothed: nn.Module, x: torch.Tensor,
+                       repeats: int) -> Measurement | None:
+    """Best-of-`repeats` wall time of the full masked forward over that of token dropping, for
+    the votes of `x`, after one warm-up call each; the two paths must give the same votes (an
+    error otherwise). None (and a
+    warning) for a model without a token-dropping path: no row rather than a ratio of 1."""
+    model: Any = smoothed
+    if not getattr(model, "tokens", False):
+        log.warning("certify speedup: %s has no token-dropping path (%s)",
+                    type(model.backbone).__name__, model.token_reason)
+        return None
+    # a first, untimed call per path (warm-up) gives the votes compared
+    votes = {dropping: model.votes(x, token_dropping=dropping) for dropping in (False, True)}
+    times: dict[bool, float] = {True: math.inf, False: math.inf}
+    for _ in range(repeats):
+        for dropping in (False, True):  # interleaved, so load changes hit both paths alike
+            start = time.perf_counter()
+            model.votes(x, token_dropping=dropping)
+            times[dropping] = min(times[dropping], time.perf_counter() - start)
+    if not torch.equal(votes[True], votes[False]):
+        raise RuntimeError("token dropping changed the votes of the smoothed model: it is not "
+                           "exact for this model")
+    return Measurement(metric="token_drop_speedup", value=times[False] / times[True],
+                       n=len(x))
 
 
 CERTIFY_METRICS = {"certified_accuracy": "certified accuracy",
