@@ -174,6 +174,8 @@ def test_exceeds_compares_rows_of_other_params_with_a_margin(
     [outcome] = check_gates(suite_with(gate), dta_rows(dta, noise))
     assert outcome.passed is passed, outcome.message
     assert "independent samples of 200 and 200" in outcome.message
+    assert outcome.reference == noise and outcome.interval is not None
+    assert outcome.interval[0] < dta - noise < outcome.interval[1]
     assert outcome.id == "victim/none/transfer:dta[method=dta]/transfer_success_rate"
 
 

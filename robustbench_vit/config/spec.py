@@ -173,6 +173,10 @@ class GateSpec(_Strict):
     no row still fails."""
     reason: str | None = None
     """Why a gate with `expect: fail` fails here (measured, not guessed): required with it."""
+    claim: str | None = None
+    """The finding this gate encodes, in words (papers' suites: tools/paper_findings.py)."""
+    paper: str | None = None
+    """The paper's own number for the claim, as the paper reports it."""
 
     @model_validator(mode="after")
     def _reason_with_expect(self) -> GateSpec:

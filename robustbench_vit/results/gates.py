@@ -79,6 +79,11 @@ class GateOutcome:
     message: str
     expected_failure: str | None = None
     """The gate's reason when it has `expect: fail` (set on every row it checked)."""
+    reference: float | None = None
+    """The compared row's value (better_than / exceeds gates)."""
+    interval: tuple[float, float] | None = None
+    """The interval behind the verdict: of the difference for a comparison, else the row's own
+    stored interval (when it has one)."""
 
     @property
     def verdict(self) -> str:
@@ -212,8 +217,11 @@ def _unique_ids(outcomes: list[GateOutcome]) -> list[GateOutcome]:
 
 def _check_row(index: int, gate: GateSpec, row: pd.Series, ident: str,
                base: dict[tuple[str, ...], pd.Series] | None, z: float,
-               compare: Callable[[str], tuple[bool, str]]) -> GateOutcome:
+               compare: Callable[[str], Comparison]) -> GateOutcome:
     value = float(row["value"])
+    half = _half_width(row)
+    interval = (float(row["ci_low"]), float(row["ci_high"])) if half is not None else None
+    reference = None
     checks: list[tuple[bool, str]] = []
     if gate.min is not None:
         ok = value >= gate.min
@@ -228,20 +236,34 @@ def _check_row(index: int, gate: GateSpec, row: pd.Series, ident: str,
         checks.append((not flags, f"flagged: {', '.join(flags)}" if flags else "no flags"))
     for side in ("better_than", "exceeds"):
         if getattr(gate, side) is not None:
-            checks.append(compare(side))
+            comparison = compare(side)
+            checks.append((comparison.passed, comparison.text))
+            if comparison.reference is not None:
+                reference, interval = comparison.reference, comparison.interval
     failed = [text for ok, text in checks if not ok]
     return GateOutcome(gate=index, id=ident, checks=_checks(gate), passed=not failed, value=value,
-                       message="; ".join(failed or [text for _, text in checks]))
+                       message="; ".join(failed or [text for _, text in checks]),
+                       reference=reference, interval=interval)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The verdict of a better_than / exceeds check, with the numbers behind it."""
+
+    passed: bool
+    text: str
+    reference: float | None = None
+    interval: tuple[float, float] | None = None
 
 
 def _compare(gate: GateSpec, row: pd.Series, label: str, table: pd.DataFrame, z: float,
-             side: str) -> tuple[bool, str]:
+             side: str) -> Comparison:
     """`better_than` / `exceeds` (named by `side`): whether `row` beats the compared row by more
     than the margin, judged by the lower end of the interval of the difference."""
     spec: CompareSpec = getattr(gate, side)
     other, problem = _compared_row(spec, row, label, table)
     if other is None:
-        return False, f"{side}: {problem}"
+        return Comparison(False, f"{side}: {problem}")
     gain, low, high, how = _difference(row, other, z)
     if side == "better_than" and not METRICS.get(str(row["metric"])).higher_is_better:
         gain, low, high = -gain, -high, -low
@@ -252,7 +274,7 @@ def _compare(gate: GateSpec, row: pd.Series, label: str, table: pd.DataFrame, z:
             f"{who}{f'[{changed}]' if changed else ''} ({how}; interval of the "
             f"{'gain' if side == 'better_than' else 'difference'} [{low:.4f}, {high:.4f}]"
             f"{f', margin {margin:.4f}' if margin else ''})")
-    return low > margin, text
+    return Comparison(low > margin, text, float(other["value"]), (low, high))
 
 
 def _compared_row(spec: CompareSpec, row: pd.Series, label: str,
