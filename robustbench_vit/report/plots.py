@@ -5,8 +5,9 @@ section order); each maps the prepared long table to plot dicts (no drawing here
 draws them). The helpers below are public (re-exported by `robustbench_vit.api`) so a third-party
 scenario builds its plots the same way.
 
-A plot is {"kind": "line" | "heatmap" | "bars", "section", "title", "subtitle", ...};
-a point is {"x", "x_text", "y", "low", "high", "n"} with `low`/`high` the whisker (95% Wilson
+A plot is {"kind": "line" | "heatmap" | "grid" | "bars", "section", "title", "subtitle", ...}
+("grid": a `heatmap` dict drawn as a dense grid of unlabelled cells, for many rows and columns); a
+point is {"x", "x_text", "y", "low", "high", "n"} with `low`/`high` the whisker (95% Wilson
 interval unless the subtitle says otherwise).
 """
 

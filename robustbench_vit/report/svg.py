@@ -1,4 +1,5 @@
-"""Inline SVG for the HTML leaderboard: line charts, heatmaps and grouped bars, no libraries.
+"""Inline SVG for the HTML leaderboard: line charts, heatmaps (labelled and dense) and grouped bars,
+no libraries.
 
 Every function takes a plot dict from `report_plots` and returns SVG markup. All text and attribute
 values go through `el`/`esc` (html.escape), so the markup is safe to embed as is.
@@ -205,6 +206,51 @@ def heatmap_chart(plot: dict[str, Any], cell_h: int = 24) -> str:
     return frame(width, height, body, plot["title"])
 
 
+def grid_ticks(labels: list[str], most: int = 9) -> set[int]:
+    """Indices of the labels shown on a dense axis: every k-th, counted from "0" when present."""
+    step = max(1, math.ceil(len(labels) / most))
+    anchor = labels.index("0") if "0" in labels else 0
+    return {i for i in range(len(labels)) if (i - anchor) % step == 0}
+
+
+def grid_chart(plot: dict[str, Any], side: int = 320) -> str:
+    """A dense heatmap (same plot dict as `heatmap_chart`, values in [0, 1]): small unlabelled
+    cells coloured by value (hover one for it), a tick every few rows and columns, a colour bar.
+    For grids too large for labelled cells, such as a Fourier heat map of 32 x 32 frequencies."""
+    xs, ys = plot["x"], plot["y"]
+    cell = max(3, min(24, side // max(len(xs), len(ys), 1)))
+    left, top = 32 + CHAR_W * max((len(y) for y in ys), default=1), 10
+    right, bottom = left + cell * len(xs), top + cell * len(ys)
+    width, height = round(right + 70), round(bottom + 44)
+    body = [el("text", {"class": "axis-label", "x": (left + right) / 2, "y": height - 6,
+                        "text-anchor": "middle"}, esc(plot["x_label"])),
+            el("text", {"class": "axis-label", "x": 12, "y": (top + bottom) / 2,
+                        "transform": f"rotate(-90 12 {(top + bottom) / 2})",
+                        "text-anchor": "middle"}, esc(plot["y_label"]))]
+    body += [el("text", {"class": "tick", "x": left + cell * (j + 0.5), "y": bottom + 14,
+                         "text-anchor": "middle"}, esc(xs[j])) for j in sorted(grid_ticks(xs))]
+    body += [el("text", {"class": "tick", "x": left - 4, "y": top + cell * (i + 0.5) + 4,
+                         "text-anchor": "end"}, esc(ys[i])) for i in sorted(grid_ticks(ys))]
+    for i, y in enumerate(ys):
+        for j, p in enumerate(plot["cells"][i]):
+            label = f"{plot['y_label']} {y} · {plot['x_label']} {xs[j]}"
+            body.append(el("rect", {"class": "grid-cell", "x": left + cell * j,
+                                    "y": top + cell * i, "width": cell, "height": cell,
+                                    "fill": heat_color(p["y"]) if p else "#eeeeee",
+                                    "shape-rendering": "crispEdges"},
+                           el("title", {}, esc(tooltip(label, p, plot["percent"]) if p
+                                               else f"{label}: no result"))))
+    step = (bottom - top) / len(HEAT)
+    for k, color in enumerate(reversed(HEAT)):
+        body.append(el("rect", {"class": "colour-bar", "x": right + 16,
+                                "y": f"{top + k * step:.1f}", "width": 12,
+                                "height": f"{step + 0.5:.1f}", "fill": color}))
+    for value, y in ((1.0, top + 8), (0.0, bottom)):
+        body.append(el("text", {"class": "tick", "x": right + 32, "y": y},
+                       esc(value_text(value, plot["percent"]) + "%" * plot["percent"])))
+    return frame(width, height, body, plot["title"])
+
+
 def bar_chart(plot: dict[str, Any], bar_w: int = 30, gap: int = 30) -> str:
     """Grouped vertical bars with whiskers; a group per subject, a bar per series."""
     n_bars, groups = len(plot["series"]), plot["groups"]
@@ -254,7 +300,7 @@ def bar(p: dict[str, Any], x: float, width: float, color: str, sy: Callable[[flo
 
 
 CHARTS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "line": line_chart, "heatmap": heatmap_chart, "bars": bar_chart,
+    "line": line_chart, "heatmap": heatmap_chart, "bars": bar_chart, "grid": grid_chart,
 }
 
 

@@ -91,6 +91,24 @@ class PlanContext:
     defense_differentiable: bool = True
 
 
+CHUNK_PIXELS = 2**20
+"""Images x pixels per forward of scenarios that evaluate many perturbed copies of a batch
+(occlusion, fourier), at most: a memory bound (20 copies at 224 px, 1,024 at 32 px, as the patch
+attack's chunks), not a result knob."""
+
+
+def chunked_predictions(ctx: CellContext, count: int, pixels: int,
+                        build: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """Top-1 predictions (on the CPU) of `count` images that `build(start, stop)` makes chunk by
+    chunk, each chunk at most CHUNK_PIXELS pixels (`pixels` per image)."""
+    per = max(1, CHUNK_PIXELS // max(1, pixels))
+    out = [torch.zeros(0, dtype=torch.long)]
+    for start in range(0, count, per):
+        with ctx.autocast():
+            out.append(ctx.model(build(start, min(start + per, count))).argmax(1).cpu())
+    return torch.cat(out)
+
+
 def joined_outcomes(parts: list[str]) -> str:
     """The encoded outcomes of consecutive chunks as one (see `CellContext.outcomes`)."""
     return ExampleBits.concat([ExampleBits.decode(p) for p in parts]).encode()
