@@ -133,6 +133,12 @@ def test_eps_zero_gives_the_clean_error_at_every_frequency(digits_model: nn.Modu
     assert all(e == pytest.approx(wrong / 100, abs=1e-12) for e in errors.values())
     assert summary(rows) == {"fourier_error_low": pytest.approx(wrong / 100),
                              "fourier_error_high": pytest.approx(wrong / 100)}
+    # a band's interval counts the 100 images, not the (image, frequency) pairs
+    from robustbench_vit.core.metrics import wilson_interval
+
+    for band_row in (m for m in rows if m.metric.startswith("fourier_error_")):
+        assert band_row.n == 100
+        assert (band_row.ci_low, band_row.ci_high) == pytest.approx(wilson_interval(wrong, 100))
 
 
 def test_a_low_pass_model_ignores_high_frequencies_and_the_vit_does_not(

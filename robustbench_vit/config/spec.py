@@ -216,6 +216,8 @@ class SuiteSpec(_Strict):
     """A whole suite file."""
 
     suite: Annotated[str, Field(pattern=_NAME)]
+    description: str | None = None
+    """What the suite is for, in words (a paper's suite: the paper's title and authors)."""
     version: Annotated[int, Field(ge=0)] = 1
     seed: Annotated[int, Field(ge=0)] = 0
     device: Annotated[str, Field(pattern=_DEVICE)] = "auto"

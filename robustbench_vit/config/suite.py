@@ -58,6 +58,7 @@ class Suite:
     runner: dict[str, Any]
     gates: GatesSpec
     path: str
+    description: str | None = None
 
     def cells(self, device: str | None = None) -> list[Cell]:
         """Every (model, defense, scenario point) cell, in suite order."""
@@ -118,24 +119,30 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
     return Suite(name=spec.suite, version=spec.version, seed=spec.seed, device=spec.device,
                  amp=spec.amp, data=data, model_data=model_data, models=tuple(models),
                  defenses=defenses, scenarios=scenarios, runner=spec.runner.model_dump(),
-                 gates=spec.gates, path=str(path))
+                 gates=spec.gates, path=str(path), description=spec.description)
 
 
 def _build_data(spec: SuiteSpec, overrides: dict[str, Any], where: str,
                 problems: _Problems) -> DataConfig:
-    """The suite's data with a model's `data:` overrides of dataset fields."""
+    """The suite's data with a model's `data:` overrides of dataset fields. A model's `dataset:`
+    names another dataset: it takes the suite's dataset fields it also has (split, image_size...)
+    and its own."""
     extras = {**(spec.data.model_extra or {}), **overrides}
+    dataset = extras.pop("dataset", spec.data.dataset)
     try:
-        cls = DATASETS.get(spec.data.dataset)
+        cls = DATASETS.get(dataset)
+        if dataset != spec.data.dataset:
+            shared = set(field_names(cls))
+            extras = {k: v for k, v in extras.items() if k in overrides or k in shared}
         params = to_plain(validate_params(cls, extras))
     except UnknownNameError as exc:
-        if where == "data":
-            problems.add("data.dataset", str(exc))
+        if where == "data" or "dataset" in overrides:  # else reported once, for the suite
+            problems.add("data.dataset" if where == "data" else f"{where}.dataset", str(exc))
         params = extras
     except (pydantic.ValidationError, ParamError, ValueError) as exc:
         problems.component(where, exc, ["dataset", "n_examples", "batch_size", *field_names(cls)])
         params = extras
-    return DataConfig(dataset=spec.data.dataset, params=params, n_examples=spec.data.n_examples,
+    return DataConfig(dataset=dataset, params=params, n_examples=spec.data.n_examples,
                       batch_size=spec.data.batch_size)
 
 

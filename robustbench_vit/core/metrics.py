@@ -102,7 +102,7 @@ ACCURACY = register_metric("accuracy", higher_is_better=True, headline=True,
 """The one metric every scenario may report; the others are registered by their scenarios."""
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (0, 1 when n == 0)."""
     if n <= 0:
         return 0.0, 1.0

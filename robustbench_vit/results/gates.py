@@ -319,7 +319,9 @@ def _difference(row: pd.Series, other: pd.Series, z: float) -> tuple[float, floa
         return value - reference, low, high, f"paired, the same {len(mine)} images"
     metric = METRICS.get(str(row["metric"]))
     n, m = _count(row["n"]), _count(other["n"])
-    if metric.proportion and n and m:
+    # a derived statistic (a mean over permutations, ...) counts draws, not images, in its n
+    derived = any("aggregate" in json.loads(str(r["params"])) for r in (row, other))
+    if metric.proportion and n and m and not derived:
         p1, p2 = (value * n + 1) / (n + 2), (reference * m + 1) / (m + 2)
         half = z * math.sqrt(_adjusted_var(value, n) + _adjusted_var(reference, m))
         return value - reference, p1 - p2 - half, p1 - p2 + half, (

@@ -17,8 +17,9 @@ Rows: `fourier_error` per frequency, params {"freq_y": i, "freq_x": j} (detail p
 draws them as a heatmap per model/defense), over the images; `fourier_error_low` and
 `fourier_error_high`: the error over every (image, evaluated frequency) pair of the low band
 (radius ≤ 1/4 of Nyquist, DC included) and of the high band (radius ≥ 3/4 of Nyquist), see
-`basis`; left out when the evaluated grid has no frequency in the band. Their Wilson intervals treat
-the pairs as independent draws, so they are narrow.
+`basis`; left out when the evaluated grid has no frequency in the band. Their n is the number of
+images and their Wilson interval counts images, not pairs (one image's errors correlate across
+frequencies; for a mean of values in [0, 1] this interval is conservative).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Annotated, Any, ClassVar
 import torch
 from pydantic import Field
 
-from ...core.metrics import Measurement, proportion, register_metric
+from ...core.metrics import Measurement, proportion, register_metric, wilson_interval
 from ...core.registry import SCENARIOS
 from ..base import CellContext, Scenario, chunked_predictions
 from ..shift import scenario_seed
@@ -117,7 +118,13 @@ class FourierScenario(Scenario):
                            freq_y=f[0], freq_x=f[1]) for f in self.grid(size)]
         for name in BANDS:
             members = [f for f in measured if band(f, size) == name]
-            if members:
-                rows.append(proportion(f"fourier_error_{name}",
-                                       sum(measured[f] for f in members), n * len(members)))
+            if members and n:
+                # the band's error is each image's mean error over the band's frequencies,
+                # averaged over the n images: its interval counts images, not (image,
+                # frequency) pairs (errors of one image correlate across frequencies); Wilson on
+                # a mean of values in [0, 1] over n images is conservative
+                wrong = sum(measured[f] for f in members) / len(members)
+                low, high = wilson_interval(wrong, n)
+                rows.append(Measurement(metric=f"fourier_error_{name}", value=wrong / n, n=n,
+                                        ci_low=low, ci_high=high))
         return rows
