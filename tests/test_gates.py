@@ -179,6 +179,18 @@ def test_exceeds_compares_rows_of_other_params_with_a_margin(
     assert outcome.id == "victim/none/transfer:dta[method=dta]/transfer_success_rate"
 
 
+def test_a_negative_margin_is_a_non_inferiority_check() -> None:
+    # 0.95 vs 0.96 on n=400 each: not a gain, but the difference is surely above -0.05
+    rows = table(row(0.95, defense="tap", n=400), row(0.96, n=400))
+    gate = {**GATE, "defense": "tap"}
+    [inferior] = check_gates(suite_with({**gate, "exceeds": {"defense": "none"}}), rows)
+    [noninferior] = check_gates(suite_with({**gate, "exceeds": {"defense": "none", "by": -0.05}}),
+                                rows)
+    [tight] = check_gates(suite_with({**gate, "exceeds": {"defense": "none", "by": -0.01}}), rows)
+    assert (inferior.passed, noninferior.passed, tight.passed) == (False, True, False)
+    assert "margin -0.0500" in noninferior.message
+
+
 def test_exceeds_ignores_the_direction_better_than_follows_it() -> None:
     # transfer_success_rate is lower-is-better: "better than noise" means a lower success rate
     rows = dta_rows(0.6, 0.02)

@@ -123,13 +123,14 @@ class CompareSpec(_Strict):
     The compared row has the matched row's scenario, metric and params, except what is named
     here: `model`, `defense` (label), and `params` (keys replaced; a key set to null must be
     absent or null there, e.g. `{method: random_noise, attack_layer: null}`). `by` is the margin
-    the difference must clear: the lower end of its interval must lie above `by`.
+    the difference must clear: the lower end of its interval must lie above `by`; a negative `by`
+    is a non-inferiority margin ("at most 0.02 lower": `by: -0.02`).
     """
 
     model: str | None = None
     defense: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    by: Annotated[Real, Field(ge=0)] = 0.0
+    by: Real = 0.0
 
     @model_validator(mode="after")
     def _names_one(self) -> CompareSpec:
