@@ -6,15 +6,18 @@ time, stopping per (image, position) as soon as the prediction flips. The positi
 together in large memory-bounded chunks. `content: corruption:<name>` pastes the patch of the
 severity-5 corrupted image instead (the paper's natural-patch counterpart; no optimization).
 
-Positions are aligned to the model's token grid: its pixel step between tokens from the family
-adapter (the patch size of a ViT or Swin, the stride of PiT's overlapping patch convolution, the
-stem's total stride for LeViT); models without patch tokens (CNNs) are unsupported.
+`grid: token` (default) aligns positions to the model's token grid: its pixel step between tokens
+from the family adapter (the patch size of a ViT or Swin, the stride of PiT's overlapping patch
+convolution, the stem's total stride for LeViT); models without patch tokens (CNNs) are unsupported.
+`grid: pixel` places the squares on a pixel grid of step `patch_size` from (0, 0) for any model,
+CNNs included (Gu et al. put the same positions on ResNets); for a ViT whose token size divides
+`patch_size` these are the token-grid positions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +34,10 @@ CHUNK_PIXELS = 2**20
 @register_attack("patch")
 @dataclass(frozen=True, kw_only=True)
 class PatchAttack(Attack):
-    """Adversarial patch: a token-aligned square replaced, signed steps, early stop per position."""
+    """Adversarial patch: a token- or pixel-grid square replaced, signed steps, early stop."""
 
     needs_gradients: ClassVar[bool] = True
+    unkeyed_defaults: ClassVar[dict[str, Any]] = {"grid": "token"}
     patch_size: Annotated[int, Field(ge=1)] = 8
     steps: Annotated[int, Field(ge=0)] = 100
     alpha: Annotated[float, Field(gt=0)] = 2 / 255
@@ -41,6 +45,7 @@ class PatchAttack(Attack):
     n_positions: Annotated[int, Field(ge=1)] = 4
     content: str = "adversarial"
     severity: Annotated[int, Field(ge=1, le=5)] = 5
+    grid: Literal["token", "pixel"] = "token"
 
     def check(self) -> None:
         if self.content == "adversarial":
@@ -58,20 +63,34 @@ class PatchAttack(Attack):
         return None
 
     def unsupported(self, model: nn.Module) -> str | None:
+        if self.grid == "pixel":
+            return None
         try:
-            token_patch_size(model)
+            self.token_step(model)
         except UnsupportedModel as exc:
             return str(exc)
         return None
 
-    def grid(self, model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
-        """Top-left corners of the token-aligned patch positions (UnsupportedModel for models
-        without patch tokens)."""
-        ph, pw = token_patch_size(model)
-        if self.patch_size % ph or self.patch_size % pw:
-            raise ValueError(f"patch_size {self.patch_size} must be a multiple of the model's "
-                             f"token patch size {ph}x{pw} (the pixel step between neighbouring "
-                             "tokens)")
+    @staticmethod
+    def token_step(model: nn.Module) -> tuple[int, int]:
+        """The model's pixel step between tokens (UnsupportedModel, pointing at `grid: pixel`,
+        for a model without patch tokens)."""
+        try:
+            return token_patch_size(model)
+        except UnsupportedModel as exc:
+            raise UnsupportedModel(f"{exc}; `grid: pixel` places the patches on a pixel grid "
+                                   "for any model") from None
+
+    def positions_grid(self, model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
+        """Top-left corners of the patch positions: every `patch_size` pixels from (0, 0), checked
+        against the model's token grid with `grid: token` (UnsupportedModel for models without
+        patch tokens)."""
+        if self.grid == "token":
+            ph, pw = self.token_step(model)
+            if self.patch_size % ph or self.patch_size % pw:
+                raise ValueError(f"patch_size {self.patch_size} must be a multiple of the model's "
+                                 f"token patch size {ph}x{pw} (the pixel step between "
+                                 "neighbouring tokens), or use `grid: pixel`")
         h, w = x.shape[-2:]
         return [(r, c) for r in range(0, h - self.patch_size + 1, self.patch_size)
                 for c in range(0, w - self.patch_size + 1, self.patch_size)]
@@ -79,7 +98,7 @@ class PatchAttack(Attack):
     def chosen_positions(self, model: nn.Module, x: torch.Tensor,
                          seed: int) -> list[tuple[int, int]]:
         """All grid positions, or `n_positions` of them drawn with `seed`."""
-        grid = self.grid(model, x)
+        grid = self.positions_grid(model, x)
         if self.positions == "all" or self.n_positions >= len(grid):
             return grid
         gen = torch.Generator().manual_seed(seed)

@@ -214,20 +214,20 @@ def test_patch_attack_grid_follows_the_token_step(family: str) -> None:
     x = images(family, 2)
     step = patch_size(model)[0]
     attack = ATTACKS.get("patch")(patch_size=2 * step, steps=2)
-    grid = attack.grid(model, x)
+    grid = attack.positions_grid(model, x)
     side = x.shape[-1] // (2 * step)
     assert len(grid) == side * side and all(r % step == 0 and c % step == 0 for r, c in grid)
     y = model(x).argmax(1)
     adv, stats = attack.perturb_with_stats(model, x, y, seed=0)
     assert adv.shape == x.shape and stats["attack_success_rate"][1] == 2 * len(grid)
     with pytest.raises(ValueError, match="token patch size"):
-        ATTACKS.get("patch")(patch_size=step + 1).grid(model, x)
+        ATTACKS.get("patch")(patch_size=step + 1).positions_grid(model, x)
 
 
 def test_patch_attack_on_a_cnn_is_unsupported() -> None:
     model = build("resnet")
     with pytest.raises(UnsupportedModel, match="no patch tokens"):
-        ATTACKS.get("patch")(patch_size=8).grid(model, images("resnet", 1))
+        ATTACKS.get("patch")(patch_size=8).positions_grid(model, images("resnet", 1))
 
 
 @pytest.mark.parametrize("name", ["patch", "fgsm"])

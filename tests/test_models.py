@@ -322,6 +322,43 @@ def test_digits_vit_reaches_its_target(digits_model: nn.Module) -> None:
     assert digits_model.data_config["input_size"] == (3, 32, 32)
 
 
+def test_train_split_enters_the_recipe_hash_only_when_set() -> None:
+    attacker = dataclasses.replace(TINY_RECIPE, train_split="attacker")
+    assert attacker.recipe_hash() != TINY_RECIPE.recipe_hash()
+    # a shipped checkpoint's name holds the hash of its recipe as it was published
+    for shipped in (Path(zoo.__file__).parent / "reference").glob("*.safetensors"):
+        name, digest = shipped.stem.rsplit("-", 1)
+        assert ZOO.get(name).recipe_hash() == digest, name
+
+
+# --- the CNN control ----------------------------------------------------------------------------
+
+
+def test_digits_cnn_is_a_resnet_that_keeps_spatial_maps_at_32px() -> None:
+    from robustbench_vit.models.adapters import adapter_for
+
+    recipe = ZOO.get("digits_cnn")
+    model = recipe.build_untrained().eval()
+    assert type(adapter_for(model)[0]).__name__ == "ResnetAdapter"
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
+    backbone = model.backbone
+    maps = backbone.forward_intermediates(x, intermediates_only=True)
+    assert tuple(maps[1].shape[-2:]) == (8, 8)  # after the stem: the digits' native 8x8
+    assert recipe.min_accuracy >= 0.95 and recipe.base is None
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+@pytest.mark.slow
+def test_digits_cnn_trains_to_its_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RBV_CACHE", str(tmp_path))
+    model = zoo.load_zoo_model("digits_cnn")
+    acc = accuracy(model, Digits(split="test", image_size=32).load(), torch.device("cpu"))
+    assert acc >= ZOO.get("digits_cnn").min_accuracy
+    record = load_metadata("digits_cnn")
+    assert record is not None and record["test_accuracy"] == pytest.approx(acc)
+
+
 # --- shipped reference checkpoints -------------------------------------------------------------
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from robustbench_vit import load_suite
-from robustbench_vit.core.errors import SuiteError
-from robustbench_vit.core.registry import ATTACKS
+from robustbench_vit.core.errors import SuiteError, UnsupportedModel
+from robustbench_vit.core.registry import ATTACKS, ZOO
 from robustbench_vit.execution.evaluate import evaluate_cell
 from robustbench_vit.models.compression import compress
 from robustbench_vit.models.finetune import SCHEMES, LoRALinear, finalize
@@ -78,6 +78,121 @@ def test_unknown_transfer_name_suggests(tmp_path: Path) -> None:
         suite_cells(tmp_path, DTA_MODELS, "  - {kind: transfer, name: dtaa, source: vit}")
     path, message = err.value.problems[0]
     assert path == "scenarios[0].name" and "'dta'" in message
+
+
+# the attacker's own parity fine-tune of the source, used as a surrogate for the parity victim
+SURROGATE_MODELS = DTA_MODELS + """
+  - {name: attacker, source: "zoo:digits_vit_parity_full", data: {task: parity}}"""
+SURROGATE_DTA = "  - {kind: transfer, name: dta, source: vit, steps: 10, surrogate: attacker}"
+
+
+@pytest.fixture(scope="module")
+def surrogate_results(tmp_path_factory: pytest.TempPathFactory, digits_model: nn.Module) -> dict:
+    tmp = tmp_path_factory.mktemp("dta_surrogate")
+    return {c.model.name: evaluate_cell(c)
+            for c in suite_cells(tmp, SURROGATE_MODELS, SURROGATE_DTA)}
+
+
+def test_surrogate_pgd_is_reported_on_the_same_images(dta_results: dict,
+                                                      surrogate_results: dict) -> None:
+    rows = metrics_by(surrogate_results["parity"], "method")
+    assert set(rows) == {"dta", "pgd_source_head", "feature_last", "random_noise",
+                         "pgd_surrogate"}
+    assert len({r.n for r in rows.values()}) == 1  # one set of clean-correct victim images
+    # the other methods' numbers do not change when a surrogate is added
+    without = metrics_by(dta_results["parity"], "method")
+    assert {m: (r.value, r.n) for m, r in without.items()} == \
+        {m: (r.value, r.n) for m, r in rows.items() if m != "pgd_surrogate"}
+    # an attacker who fine-tuned on the victim's task transfers far better than random noise
+    assert rows["pgd_surrogate"].value >= rows["random_noise"].value + 0.2
+    assert rows["pgd_surrogate"].extra["attack_layer"] is None
+
+
+def test_dta_is_skipped_on_the_surrogate_itself(surrogate_results: dict) -> None:
+    assert surrogate_results["attacker"].status == "skipped"
+    assert "surrogate itself" in surrogate_results["attacker"].error
+
+
+def test_surrogate_pgd_attacks_the_victims_true_labels(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_vit.scenarios.transfer_dta import DTAScenario
+
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    class Spy:
+        def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                    seed: int) -> torch.Tensor:
+            with torch.no_grad():
+                seen.append((model(x).shape[1], y.clone(), x.clone()))
+            return x
+
+    monkeypatch.setattr(DTAScenario, "pgd", lambda self: Spy())
+    scenario = SURROGATE_DTA.replace("}", ", layer: 0, baselines: false}")
+    cell = next(c for c in suite_cells(tmp_path, SURROGATE_MODELS, scenario, n=32)
+                if c.model.name == "parity")
+    rows = metrics_by(evaluate_cell(cell), "method")
+    assert rows["pgd_surrogate"].value == 0  # the spy returned the clean images
+    classes, y, x = (torch.cat([torch.tensor([s[0]]) for s in seen]),
+                     torch.cat([s[1] for s in seen]), torch.cat([s[2] for s in seen]))
+    assert set(classes.tolist()) == {2} and len(y) == rows["pgd_surrogate"].n
+    from robustbench_vit.models.sources import build_model
+
+    victim = build_model(cell.model, "cpu")
+    with torch.no_grad():  # the images the victim gets right, with their true labels
+        assert torch.equal(victim(x).argmax(1), y)
+
+
+def test_a_surrogate_of_another_task_is_not_applicable(tmp_path: Path) -> None:
+    scenario = '  - {kind: transfer, name: dta, source: vit, surrogate: "zoo:digits_vit"}'
+    cell = next(c for c in suite_cells(tmp_path, DTA_MODELS, scenario, n=8)
+                if c.model.name == "parity")
+    assert cell.references["surrogate"].source == "zoo:digits_vit"
+    result = evaluate_cell(cell)
+    assert result.status == "skipped" and "predicts 10 classes" in result.error
+
+
+def test_dta_surrogate_must_name_a_model(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError) as err:
+        suite_cells(tmp_path, DTA_MODELS, SURROGATE_DTA)
+    assert [p for p, _ in err.value.problems] == ["scenarios[0].surrogate"]
+
+
+def test_zoo_models_named_by_scenarios_are_trained_before_the_cells(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_vit.execution.run import prepare
+    from robustbench_vit.models import zoo
+
+    scenario = ('  - {kind: transfer, name: dta, source: vit, '
+                'surrogate: "zoo:digits_vit_shapes_surrogate"}')
+    cells = suite_cells(tmp_path, DTA_MODELS, scenario)
+    trained: list[str] = []
+    monkeypatch.setattr(zoo, "ensure_trained", lambda name, device: trained.append(name))
+    prepare(cells)
+    assert sorted(trained) == ["digits_vit", "digits_vit_parity_linear",
+                               "digits_vit_shapes_surrogate"]
+
+
+def test_a_zoo_victim_is_not_fine_tuned_from_a_timm_source() -> None:
+    from robustbench_vit.core.cells import ModelConfig
+    from robustbench_vit.scenarios.base import PlanContext
+    from robustbench_vit.scenarios.transfer_dta import DTAScenario
+
+    victim = ModelConfig(name="parity", source="zoo:digits_vit_parity_linear", fingerprint="v")
+    refs = {"zoo:digits_vit": ModelConfig(name="vit", source="zoo:digits_vit", fingerprint="s"),
+            "timm:vit_tiny": ModelConfig(name="tiny", source="timm:vit_tiny_patch16_224",
+                                         fingerprint="t"),
+            "zoo:digits_cnn": ModelConfig(name="cnn", source="zoo:digits_cnn", fingerprint="c")}
+
+    def reason(source: str, model: ModelConfig = victim) -> str | None:
+        ctx = PlanContext(model=nn.Identity(), model_config=model,
+                          references={"source": refs[source]})
+        return DTAScenario(source=source).unsupported(ctx)
+
+    assert reason("zoo:digits_vit") is None
+    assert "not fine-tuned from the timm: source" in str(reason("timm:vit_tiny"))
+    assert "not fine-tuned from digits_cnn" in str(reason("zoo:digits_cnn"))
+    timm_victim = ModelConfig(name="other", source="timm:resnet18", fingerprint="r")
+    assert reason("timm:vit_tiny", timm_victim) is None  # lineage unknown: taken on trust
 
 
 def test_random_noise_is_within_eps() -> None:
@@ -248,6 +363,75 @@ def test_natural_patch_pastes_a_corrupted_square(digits_model, digits_batch) -> 
     hits, total = stats["attack_success_rate"]
     assert total == 8 * 4 and 0 <= hits <= total
     assert ((adv - x[:8]).abs() > 0).any()
+
+
+def changed_squares(adv: torch.Tensor, x: torch.Tensor, size: int) -> list[tuple[int, int]]:
+    """Top-left corner of the one size x size square each image changed in (asserted)."""
+    corners = []
+    for changed in ((adv - x).abs().sum(1) > 0):
+        rows, cols = torch.nonzero(changed, as_tuple=True)
+        assert len(rows), "the patch changed nothing"
+        r, c = int(rows.min()), int(cols.min())
+        assert rows.max() - r < size and cols.max() - c < size
+        corners.append((r, c))
+    return corners
+
+
+def test_pixel_grid_patch_runs_on_a_cnn() -> None:
+    model = ZOO.get("digits_cnn").build_untrained().eval()  # random weights: structure only
+    x = torch.rand(4, 3, 32, 32)
+    y = model(x).argmax(1)
+    token = patch_attack(patch_size=8)
+    reason = token.unsupported(model)
+    assert reason is not None and "no patch tokens" in reason and "grid: pixel" in reason
+    with pytest.raises(UnsupportedModel, match="grid: pixel"):
+        token.positions_grid(model, x)
+    attack = patch_attack(patch_size=8, grid="pixel", steps=3)
+    assert attack.unsupported(model) is None
+    adv, stats = attack.perturb_with_stats(model, x, y, seed=0)
+    assert adv.shape == x.shape and float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert all(r % 8 == 0 and c % 8 == 0 for r, c in changed_squares(adv, x, 8))
+    assert stats["attack_success_rate"][1] == 4 * 16  # every (image, position) pair
+
+
+def test_pixel_grid_is_the_token_grid_of_a_vit(digits_model, digits_batch) -> None:
+    x, y = digits_batch
+    token, pixel = patch_attack(patch_size=8), patch_attack(patch_size=8, grid="pixel")
+    assert pixel.positions_grid(digits_model, x) == token.positions_grid(digits_model, x)
+    assert len(token.positions_grid(digits_model, x)) == 16
+    for size in (16, 8):
+        adv_token = patch_attack(patch_size=size).perturb(digits_model, x[:6], y[:6], seed=1)
+        adv_pixel = patch_attack(patch_size=size, grid="pixel").perturb(digits_model, x[:6],
+                                                                        y[:6], seed=1)
+        assert torch.equal(adv_token, adv_pixel)
+
+
+def test_pixel_grid_takes_patches_finer_than_the_tokens(digits_model, digits_batch) -> None:
+    x, y = digits_batch
+    attack = patch_attack(patch_size=4, grid="pixel", steps=2)
+    assert len(attack.positions_grid(digits_model, x)) == 64
+    adv = attack.perturb(digits_model, x[:2], y[:2], seed=0)
+    assert all(r % 4 == 0 and c % 4 == 0 for r, c in changed_squares(adv, x[:2], 4))
+
+
+def test_patch_grid_default_leaves_stored_params_and_cell_keys_unchanged(tmp_path: Path) -> None:
+    from robustbench_vit.scenarios.attack import AttackScenario
+
+    base = {"name": "patch", "patch_size": 8, "steps": 10}
+    plain = AttackScenario.from_params(base).to_params()
+    assert "grid" not in plain
+    assert AttackScenario.from_params({**base, "grid": "token"}).to_params() == plain
+    assert AttackScenario.from_params({**base, "grid": "pixel"}).to_params()["grid"] == "pixel"
+    assert AttackScenario.from_params(plain).attack.grid == "token"
+    # the keys of the quickstart's patch and DTA cells before `grid` and `surrogate` existed
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "quickstart.yaml")
+    keys = {(c.model.name, c.scenario_label, c.scenario_params.get("content")): c.key
+            for c in suite.cells("cpu") if c.defense == "none"}
+    assert keys[("vit", "attack:patch", "adversarial")] == "bb628356ee0b0c4a13a163c9c51143d6"
+    assert keys[("vit", "attack:patch", "corruption:gaussian_noise")] == \
+        "d863084bd2cb74b1304c9a75624f5b24"
+    assert keys[("vit", "transfer:dta", None)] == "863ba33ea867638fd371ce18233757ab"
+    assert keys[("vit_parity_lora", "transfer:dta", None)] == "36c04a3e6716f7f0222cc201b9570c3e"
 
 
 def test_unknown_patch_content_is_a_param_error() -> None:

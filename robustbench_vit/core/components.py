@@ -37,6 +37,18 @@ class Attack:
     """True for attacks that return the unchanged image where they fail (APGD, Square,
     AutoAttack): their output says nothing of their progress, so the `silent` indicator skips
     them."""
+    unkeyed_defaults: ClassVar[dict[str, Any]] = {}
+    """Fields added after results were stored, with their defaults: a field at that default stays
+    out of the stored params and the cell key (`key_params`), so existing suites keep their
+    keys."""
+
+    def key_params(self) -> dict[str, Any]:
+        """The fields as stored params and in cell keys: every field but those at their
+        `unkeyed_defaults`."""
+        from .params import to_plain
+
+        return {k: v for k, v in to_plain(self).items()
+                if k not in self.unkeyed_defaults or v != self.unkeyed_defaults[k]}
 
     def threat_model(self) -> tuple[str, float] | None:
         """(norm, eps) of the budget, or None when the attack is unbounded."""

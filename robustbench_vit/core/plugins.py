@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "robustbench_vit.plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = ("attacks", "defenses")
 CORE_MODULES: tuple[str, ...] = (
     "robustbench_vit.data.datasets",
+    "robustbench_vit.data.shapes",
     "robustbench_vit.models.zoo",
     "robustbench_vit.core.metrics",
     "robustbench_vit.scenarios",

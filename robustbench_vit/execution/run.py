@@ -25,16 +25,17 @@ RUNNERS.register_lazy("ray", "robustbench_vit.execution.runners.ray:RayRunner")
 
 
 def prepare(cells: list[Cell]) -> None:
-    """Build shared expensive inputs once, before any cell needs them: zoo checkpoints, and the
-    models fine-tuned with training defenses (zoo models, and models with `finetune:`)."""
+    """Build shared expensive inputs once, before any cell needs them: zoo checkpoints (of the
+    cells' models and of the models their scenarios refer to), and the models fine-tuned with
+    training defenses (zoo models, and models with `finetune:`)."""
     from ..core.params import validate_params
     from ..core.registry import DEFENSES
     from ..models.defended import ensure_defended
     from ..models.zoo import ensure_trained
     from .evaluate import resolve_device
 
-    recipes = {(split_source(c.model.source)[1], c.device) for c in cells
-               if split_source(c.model.source)[0] == "zoo"}
+    recipes = {(split_source(m.source)[1], c.device) for c in cells
+               for m in (c.model, *c.references.values()) if split_source(m.source)[0] == "zoo"}
     for name, device in sorted(recipes):
         ensure_trained(name, resolve_device(device))
     seen: set[str] = set()

@@ -76,8 +76,9 @@ def _fine_tune(name: str, defense: Any, path: Path, device: torch.device) -> Non
                       lr=getattr(defense, "lr", 1e-3), weight_decay=recipe.weight_decay,
                       seed=recipe.seed)
     teacher = base_model if getattr(defense, "distill", False) else None
-    seconds = train_classifier(model, recipe.dataset_source("train").load(), cfg, device,
-                               teacher=teacher, extra_loss=defense.training_loss)
+    train_set = recipe.dataset_source(recipe.train_split).load()
+    seconds = train_classifier(model, train_set, cfg, device, teacher=teacher,
+                               extra_loss=defense.training_loss)
     test_acc = accuracy(model, recipe.dataset_source("test").load(), device)
     save_checkpoint(path, model, {
         "base": name, "defense": type(defense).__name__, "settings": defense.training_settings(),

@@ -23,7 +23,7 @@ from ..audit.indicators import (
 from ..core.components import Attack
 from ..core.errors import RbvError, ScenarioNotApplicable, UnsupportedModel
 from ..core.metrics import Measurement, proportion, register_metric
-from ..core.params import ParamError, to_plain, validate_params
+from ..core.params import ParamError, validate_params
 from ..core.registry import ATTACKS, PLOTS, SCENARIOS
 from ..models.eot import EOTModel
 from ..report import plots as pk
@@ -152,7 +152,7 @@ class AttackScenario(Scenario):
         options = {"eot": (self.eot, 1), "source": (self.source, "defended"),
                    "indicators": (self.indicators, True),
                    "indicator_examples": (self.indicator_examples, DEFAULT_EXAMPLES)}
-        return {"name": self.name, **to_plain(self.attack),
+        return {"name": self.name, **self.attack.key_params(),
                 **{k: v for k, (v, default) in options.items() if v != default}}
 
     chunkable: ClassVar[bool] = True  # attacks draw randomness from the seed of each batch

@@ -6,9 +6,11 @@ source by L∞ PGD (random start) *minimizing* the cosine similarity between the
 of x' and x, averaged over tokens, then the victim is evaluated on them. `layer: auto` picks the
 block whose attack moves the source's final (pre-logits) features furthest on a held-out slice
 [choice: that measure]. Baselines in the same cell: PGD through the source's own head, the feature
-loss at the last block, and random sign noise of the same eps. Blocks are numbered over every
-stage in execution order (the family adapter's feature blocks: Swin's stages one after the other,
-CaiT's class-attention blocks last).
+loss at the last block, and random sign noise of the same eps; with `surrogate:` (a model the
+attacker fine-tuned from the source on labelled downstream data of its own) also PGD through the
+surrogate's head on the victim's true labels — a stronger attacker than DTA's, who knows the task.
+Blocks are numbered over every stage in execution order (the family adapter's feature blocks:
+Swin's stages one after the other, CaiT's class-attention blocks last).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import Measurement, proportion, register_metric
+from ..core.params import to_plain
 from ..core.registry import ATTACKS, SCENARIOS
 from ..models.sources import split_source
 from ..models.vit import capture_block_outputs, num_blocks
@@ -32,8 +35,8 @@ from .base import CellContext, PlanContext, Scenario, skip_reason
 
 log = logging.getLogger(__name__)
 
-Craft = Callable[[torch.Tensor, int], torch.Tensor]
-"""craft(images, seed) -> adversarial images."""
+Craft = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""craft(images, true labels, seed) -> adversarial images (only the surrogate reads the labels)."""
 
 
 register_metric("transfer_success_rate", higher_is_better=False, headline=True,
@@ -76,12 +79,13 @@ def random_noise(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return (x + eps * signs).clamp(0, 1)
 
 
-def check_input_size(source: nn.Module, size: tuple[int, ...]) -> None:
-    """Skip when the source model takes images of another size than the evaluated data."""
+def check_input_size(source: nn.Module, size: tuple[int, ...], role: str = "source") -> None:
+    """Skip when the source (or surrogate) model takes images of another size than the evaluated
+    data."""
     expected = tuple(getattr(source, "data_config", {}).get("input_size", ())[-2:])
     if expected and expected != size:
         raise ScenarioNotApplicable(
-            f"the DTA source takes {expected[0]}x{expected[1]} images; this cell's data are "
+            f"the DTA {role} takes {expected[0]}x{expected[1]} images; this cell's data are "
             f"{size[0]}x{size[1]}")
 
 
@@ -91,9 +95,12 @@ class DTAScenario(Scenario):
     """Downstream Transfer Attack: feature PGD on the pre-trained source, fine-tuned victim."""
 
     kind: ClassVar[str] = "transfer"
-    model_refs: ClassVar[tuple[str, ...]] = ("source",)
+    model_refs: ClassVar[tuple[str, ...]] = ("source", "surrogate")
     name: Literal["dta"] = "dta"
     source: str
+    surrogate: str | None = None
+    """A model the attacker fine-tuned on the downstream task (a suite model or a source): adds
+    method `pgd_surrogate`, PGD through its head on the victim's true labels."""
     eps: Annotated[float, Field(ge=0, le=1)] = 8 / 255
     steps: Annotated[int, Field(ge=1)] = 10
     alpha: Annotated[float, Field(gt=0)] | None = None
@@ -106,16 +113,32 @@ class DTAScenario(Scenario):
         """alpha, or eps/4 [choice]."""
         return self.alpha if self.alpha is not None else self.eps / 4
 
+    def to_params(self) -> dict[str, Any]:
+        """Plain parameters; `surrogate` only when set, so cells without one keep their keys."""
+        params = to_plain(self)
+        if params["surrogate"] is None:
+            del params["surrogate"]
+        return params
+
     def unsupported(self, ctx: PlanContext) -> str | None:
         return skip_reason(lambda: self.check_lineage(ctx))
 
     def check_lineage(self, ctx: CellContext | PlanContext) -> None:
-        """Skip unless the evaluated model is fine-tuned from the source (checked for zoo
-        recipes)."""
+        """Skip unless the evaluated model is fine-tuned from the source, where that is known:
+        a zoo recipe's lineage, and a zoo recipe is never fine-tuned from a timm:/file: source
+        (recipes start from scratch or from another recipe). Other victims are taken on trust."""
         source, model = ctx.references["source"], ctx.model_config
         if model is None or model.fingerprint == source.fingerprint:
             raise ScenarioNotApplicable("the evaluated model is the DTA source itself")
+        surrogate = ctx.references.get("surrogate")
+        if surrogate is not None and model.fingerprint == surrogate.fingerprint:
+            raise ScenarioNotApplicable("the evaluated model is the DTA surrogate itself (PGD "
+                                        "through it would be white-box, not a transfer)")
         (mp, mname), (sp, sname) = split_source(model.source), split_source(source.source)
+        if mp == "zoo" and sp != "zoo":
+            raise ScenarioNotApplicable(
+                f"{model.name} is a zoo recipe: it is not fine-tuned from the {sp}: source "
+                f"{source.name}")
         if mp == sp == "zoo":
             from ..models.zoo import recipe_lineage
 
@@ -138,11 +161,14 @@ class DTAScenario(Scenario):
         self.check_lineage(ctx)
         source = ctx.reference("source")
         check_input_size(source, tuple(ctx.loader.dataset[0][0].shape[-2:]))
+        surrogate = self.surrogate_pgd(ctx) if self.surrogate is not None else None
         blocks = num_blocks(source)
         layer = self.layer if self.layer != "auto" else self.select_layer(ctx, source)[0]
         if not -blocks <= layer < blocks:
             raise ValueError(f"layer {layer} out of range: the source has {blocks} blocks")
         methods = self.methods(source, layer % blocks, blocks)
+        if surrogate is not None:
+            methods["pgd_surrogate"] = surrogate
         counts = {m: 0 for m in methods}
         n_correct = 0
         for i, (x, y) in enumerate(ctx.batches()):
@@ -153,7 +179,7 @@ class DTAScenario(Scenario):
             if not len(y):
                 continue
             for method, craft in methods.items():
-                adv = craft(x, ctx.seed + i)
+                adv = craft(x, y, ctx.seed + i)
                 with torch.no_grad():
                     counts[method] += int((ctx.model(adv).argmax(1) != y).sum())
         return [proportion("transfer_success_rate", counts[m], n_correct, method=m.split("@")[0],
@@ -161,28 +187,47 @@ class DTAScenario(Scenario):
                 for m in methods]
 
     def methods(self, source: nn.Module, layer: int, blocks: int) -> dict[str, Craft]:
-        """name -> craft(x, seed): DTA at `layer`, and the baselines / per-layer variants asked
+        """name -> craft(x, y, seed): DTA at `layer`, and the baselines / per-layer variants asked
         for."""
         eps, alpha, steps = self.eps, self.step_size(), self.steps
 
         def at(block: int) -> Craft:
-            return lambda x, seed: feature_attack(source, x, block, eps, alpha, steps, seed)
+            return lambda x, y, seed: feature_attack(source, x, block, eps, alpha, steps, seed)
 
         out: dict[str, Craft] = {"dta": at(layer)}
         if self.baselines:
-            pgd = ATTACKS.get("pgd")(eps=eps, steps=steps, alpha=alpha)
+            pgd = self.pgd()
 
-            def source_head(x: torch.Tensor, seed: int) -> torch.Tensor:
+            def source_head(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
                 with torch.no_grad():
-                    label = source(x).argmax(1)
+                    label = source(x).argmax(1)  # the source's head knows another task
                 return pgd.perturb(source, x, label, seed=seed)
 
             out["pgd_source_head"] = source_head
             out[f"feature_last@{blocks - 1}"] = at(blocks - 1)
-            out["random_noise"] = lambda x, seed: random_noise(x, eps, seed)
+            out["random_noise"] = lambda x, y, seed: random_noise(x, eps, seed)
         if self.report_layers:
             out.update({f"dta_layer@{b}": at(b) for b in range(blocks)})
         return out
+
+    def pgd(self) -> Any:
+        """L∞ PGD with the scenario's eps, steps and step size."""
+        return ATTACKS.get("pgd")(eps=self.eps, steps=self.steps, alpha=self.step_size())
+
+    def surrogate_pgd(self, ctx: CellContext) -> Craft:
+        """craft(x, y, seed): PGD through the surrogate's own head on the true labels `y` (the
+        attacker labelled downstream data); the surrogate must predict the victim's classes."""
+        surrogate = ctx.reference("surrogate")
+        first = ctx.loader.dataset[0][0]
+        check_input_size(surrogate, tuple(first.shape[-2:]), "surrogate")
+        with torch.no_grad():
+            classes = surrogate(first[None].to(ctx.device)).shape[1]
+        if classes != ctx.num_classes:
+            raise ScenarioNotApplicable(
+                f"the surrogate predicts {classes} classes; this cell's task has "
+                f"{ctx.num_classes}: it must be fine-tuned on the victim's task")
+        pgd = self.pgd()
+        return lambda x, y, seed: pgd.perturb(surrogate, x, y, seed=seed)
 
 
 def _layer_of(method: str, layer: int) -> int | None:
