@@ -8,13 +8,11 @@ import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
+from probe_context import context, first_test_digits
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from robustbench_vit.core.metrics import Measurement
-from robustbench_vit.data.datasets import Digits
 from robustbench_vit.report.svg import grid_chart, grid_ticks
-from robustbench_vit.scenarios.base import CellContext
 from robustbench_vit.scenarios.clean import CleanScenario
 from robustbench_vit.scenarios.fourier.basis import (
     axis_frequencies,
@@ -29,15 +27,7 @@ from robustbench_vit.scenarios.fourier.scenario import FourierScenario
 @pytest.fixture(scope="module")
 def digits_100() -> tuple[torch.Tensor, torch.Tensor]:
     """The first 100 test-split digits."""
-    x, y = Digits(split="test").load().tensors
-    return x[:100], y[:100]
-
-
-def context(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], seed: int = 0,
-            batch_size: int = 50, first_batch: int = 0) -> CellContext:
-    return CellContext(model=model, loader=DataLoader(TensorDataset(*data), batch_size=batch_size),
-                       device=torch.device("cpu"), seed=seed, num_classes=10, data_key="slice",
-                       first_batch=first_batch)
+    return first_test_digits(100)
 
 
 def per_frequency(rows: list[Measurement]) -> dict[tuple[int, int], float]:
