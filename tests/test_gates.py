@@ -75,6 +75,18 @@ def test_patterns_and_fraction_params_select_rows() -> None:
     assert one.value == 0.8
 
 
+def test_text_params_are_patterns() -> None:
+    rows = table(row(0.1, scenario="attack:patch", metric="attack_success_rate",
+                     content="corruption:snow"),
+                 row(0.2, scenario="attack:patch", metric="attack_success_rate",
+                     content="corruption:fog"),
+                 row(0.9, scenario="attack:patch", metric="attack_success_rate",
+                     content="adversarial"))
+    gate = {"model": "vit", "scenario": "attack:patch", "metric": "attack_success_rate",
+            "params": {"content": "corruption:*"}, "max": 1}
+    assert [o.value for o in check_gates(suite_with(gate), rows)] == [0.1, 0.2]
+
+
 def test_defense_pattern_matches_name_or_label() -> None:
     rows = table(row(0.6, defense="temperature_scaling", defense_params={"temperature": 2.0}),
                  row(0.9))

@@ -144,7 +144,8 @@ class GateSpec(_Strict):
     not regress from the suite's baseline file by more than its confidence intervals allow.
 
     `model`, `defense` and `scenario` are shell-style patterns (`attack:*`); `params` must be a
-    subset of a row's parameters (fractions such as 4/255 allowed). Each matching row is checked.
+    subset of a row's parameters (fractions such as 4/255 allowed; text values are patterns too,
+    `content: "corruption:*"`). Each matching row is checked.
     """
 
     model: str

@@ -139,6 +139,8 @@ def _same(wanted: Any, actual: Any) -> bool:
     wanted = parse_fraction(wanted)
     if isinstance(wanted, dict) and isinstance(actual, dict):
         return _params_match(wanted, actual)
+    if isinstance(wanted, str) and isinstance(actual, str):
+        return fnmatch.fnmatchcase(actual, wanted)  # shell patterns, as for model and scenario
     if isinstance(wanted, (int, float)) and isinstance(actual, (int, float)) \
             and not isinstance(wanted, bool):
         return math.isclose(float(wanted), float(actual), rel_tol=1e-6, abs_tol=1e-9)
