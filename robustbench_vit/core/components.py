@@ -45,10 +45,9 @@ class Attack:
     def key_params(self) -> dict[str, Any]:
         """The fields as stored params and in cell keys: every field but those at their
         `unkeyed_defaults`."""
-        from .params import to_plain
+        from .params import to_plain, without_unkeyed
 
-        return {k: v for k, v in to_plain(self).items()
-                if k not in self.unkeyed_defaults or v != self.unkeyed_defaults[k]}
+        return without_unkeyed(to_plain(self), self.unkeyed_defaults)
 
     def threat_model(self) -> tuple[str, float] | None:
         """(norm, eps) of the budget, or None when the attack is unbounded."""

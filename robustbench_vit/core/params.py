@@ -118,6 +118,13 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def without_unkeyed(params: dict[str, Any], unkeyed: dict[str, Any]) -> dict[str, Any]:
+    """`params` without the fields that sit at their `unkeyed` default: fields added after results
+    (or checkpoints) were stored stay out of keys and hashes at that default, so existing ones
+    hold. Shared by attacks and scenarios (`unkeyed_defaults`) and zoo recipes."""
+    return {k: v for k, v in params.items() if k not in unkeyed or v != unkeyed[k]}
+
+
 def describe_fields(cls: type) -> str:
     """"name=default, ..." for `rbv ls` (required fields show without a default)."""
     parts = []

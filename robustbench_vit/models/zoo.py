@@ -16,7 +16,7 @@ import torch
 
 from ..core.cache import atomic_path, build_once, cache_dir, save_checkpoint
 from ..core.cells import ModelConfig, stable_hash
-from ..core.params import to_plain
+from ..core.params import to_plain, without_unkeyed
 from ..core.registry import DATASETS, ZOO
 from . import finetune
 from .sources import SOURCES, ModelSource, NormalizedModel, create_timm_backbone, split_source
@@ -64,9 +64,7 @@ class Recipe:
         payload = to_plain(self)
         payload.pop("description")
         payload.pop("min_accuracy")
-        for name, default in HASH_NEUTRAL_DEFAULTS.items():  # fields added later
-            if payload[name] == default:
-                payload.pop(name)
+        payload = without_unkeyed(payload, HASH_NEUTRAL_DEFAULTS)  # fields added later
         for ref in ("base", "teacher"):
             if payload[ref]:
                 payload[ref] = [payload[ref], ZOO.get(payload[ref]).recipe_hash()]

@@ -14,7 +14,7 @@ from ..core.cells import ModelConfig
 from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import Measurement
 from ..core.outcomes import ExampleBits
-from ..core.params import to_plain, validate_params
+from ..core.params import to_plain, validate_params, without_unkeyed
 
 
 @dataclass(kw_only=True)
@@ -132,6 +132,9 @@ class Scenario:
     execution_fields: ClassVar[frozenset[str]] = frozenset()
     """Fields that change how a cell runs (processes, caching), never its numbers: they stay out of
     the cell key and the stored params, so changing them neither recomputes nor relabels results."""
+    unkeyed_defaults: ClassVar[dict[str, Any]] = {}
+    """Fields added after results were stored, with their defaults: at that default a field stays
+    out of the stored params and the cell key (`to_params`), so existing suites keep their keys."""
     detail_params: ClassVar[frozenset[str]] = frozenset()
     """Params that mark per-draw rows (one per random permutation...): kept in the long table,
     left out of the headline pivot, where the scenario's aggregates summarize them."""
@@ -148,8 +151,9 @@ class Scenario:
         return validate_params(cls, params)
 
     def to_params(self) -> dict[str, Any]:
-        """Plain parameters: `from_params(to_params())` rebuilds the scenario."""
-        return to_plain(self)
+        """Plain parameters (fields at their `unkeyed_defaults` left out):
+        `from_params(to_params())` rebuilds the scenario."""
+        return without_unkeyed(to_plain(self), self.unkeyed_defaults)
 
     def unsupported(self, ctx: PlanContext) -> str | None:
         """Why this scenario will be skipped for the cell `ctx` describes, or None. The plan asks

@@ -27,7 +27,6 @@ from torch import nn
 
 from ..core.errors import ScenarioNotApplicable
 from ..core.metrics import Measurement, proportion, register_metric
-from ..core.params import to_plain
 from ..core.registry import ATTACKS, SCENARIOS
 from ..models.sources import split_source
 from ..models.vit import capture_block_outputs, num_blocks
@@ -96,6 +95,7 @@ class DTAScenario(Scenario):
 
     kind: ClassVar[str] = "transfer"
     model_refs: ClassVar[tuple[str, ...]] = ("source", "surrogate")
+    unkeyed_defaults: ClassVar[dict[str, Any]] = {"surrogate": None}
     name: Literal["dta"] = "dta"
     source: str
     surrogate: str | None = None
@@ -112,13 +112,6 @@ class DTAScenario(Scenario):
     def step_size(self) -> float:
         """alpha, or eps/4 [choice]."""
         return self.alpha if self.alpha is not None else self.eps / 4
-
-    def to_params(self) -> dict[str, Any]:
-        """Plain parameters; `surrogate` only when set, so cells without one keep their keys."""
-        params = to_plain(self)
-        if params["surrogate"] is None:
-            del params["surrogate"]
-        return params
 
     def unsupported(self, ctx: PlanContext) -> str | None:
         return skip_reason(lambda: self.check_lineage(ctx))
