@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from robustbench_vit.results.gates import GateOutcome
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- paper-findings:start -->\n", "<!-- paper-findings:end -->"
 HEADER = ("| Paper | Claim | Paper's number | Ours here | Holds here | Why not (measured) |\n"
@@ -32,11 +34,9 @@ def number(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def ours(outcome: object) -> str:
+def ours(outcome: GateOutcome) -> str:
     """"value [low, high]", or "value vs reference (difference [low, high])" for comparisons."""
-    value = getattr(outcome, "value", None)
-    reference = getattr(outcome, "reference", None)
-    interval = getattr(outcome, "interval", None)
+    value, reference, interval = outcome.value, outcome.reference, outcome.interval
     if value is None:
         return "not measured"
     if reference is not None:

@@ -133,12 +133,9 @@ class CertifyScenario(Scenario):
         base = cast(Callable[[], nn.Module], base_classifier)().eval()
         n = n_smoothed = n_certified = n_base = 0
         speedup: list[Measurement] = []
-        timed = False
-        for x, y in ctx.batches():
-            if self.speedup and not timed:
-                timed = True
-                measured = token_drop_speedup(ctx.model, x, self.repeats)
-                speedup = [measured] if measured is not None else []
+        for i, (x, y) in enumerate(ctx.batches()):
+            if self.speedup and i == 0:
+                speedup = [m for m in [token_drop_speedup(ctx.model, x, self.repeats)] if m]
             delta = certificate_delta(
                 defense.ablation, defense.size, defense.stride, self.patch_size,
                 (x.shape[-2], x.shape[-1]),
