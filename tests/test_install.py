@@ -83,10 +83,13 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
     env = clean_env(root, base / "cache")
     made = Venv(root=root, work=work, env=env)
-    proc = made.run(made.bin("python"), "-m", "pip", "install", "--quiet", str(src), timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    yield made
-    shutil.rmtree(root, ignore_errors=True)  # torch and its CUDA libraries: several GB
+    try:
+        proc = made.run(made.bin("python"), "-m", "pip", "install", "--quiet", str(src),
+                        timeout=900)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        yield made
+    finally:  # torch and its CUDA libraries: several GB, also when the install failed
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def write_suite(folder: Path, name: str, scenarios: list[dict[str, object]]) -> Path:
