@@ -3,8 +3,10 @@ Exit 0 ok, 1 failures, 2 bad input."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -328,11 +330,38 @@ def schema() -> None:
     sys.stdout.write(json.dumps(suite_json_schema(), indent=2) + "\n")
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+"""OS errors that only a write raises: their message says "cannot write"."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line naming the path and the cause of an OS error (no space, read-only folder,
+    permission denied, a file where a folder should be)."""
+    cause = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    name = exc.filename if isinstance(exc.filename, (str, bytes)) else None
+    if name is None:
+        code = errno.errorcode.get(exc.errno or 0)
+        return f"{cause} ({code})" if code else cause
+    path = Path(os.fsdecode(name))
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker == path:
+            return f"{path} is a file, not a folder"
+        if blocker is not None:
+            return f"cannot write {path}: {blocker} is a file, not a folder"
+    return f"{'cannot write ' if exc.errno in WRITE_ERRNOS else ''}{path}: {cause}"
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: an OS error of any command ends with one line and exit 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("robustbench_vit").setLevel(logging.INFO)
-    app()
+    try:
+        app()
+    except OSError as exc:  # click already handled EPIPE (a closed stdout)
+        logging.getLogger(__name__).debug("OS error", exc_info=True)
+        err.print(f"[bold red]error:[/] {escape(os_error_line(exc))}", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from . import faults
 
 
 def cache_dir(*parts: str) -> Path:
@@ -49,18 +52,65 @@ def build_once(path: Path, build: Callable[[], None]) -> Path:
     return path
 
 
+def temp_beside(target: Path) -> Path:
+    """A new empty file `.<name>.<random>.tmp` in `target`'s folder (created), made with the
+    umask's permissions like any other file the tool writes (not mkstemp's owner-only 0600)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def fsync_file(path: Path) -> None:
+    """Flush `path`'s data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush `folder`'s entries (a rename into it) to the disk; a no-op where the file system
+    cannot sync a folder."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path in the target's folder, renamed onto `target` when the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    """A temporary path beside `target`; when the block succeeds it is fsynced and renamed onto
+    `target`, and the folder fsynced. `target` is either its previous content or the new one,
+    never a part. The temporary file is removed when anything fails; an OSError of the write
+    names `target` (not the temporary file), e.g. ENOSPC raised by a file object's write."""
+    tmp: Path | None = None
     try:
-        yield Path(tmp)
+        tmp = temp_beside(target)
+        yield tmp
+        fsync_file(tmp)
+        faults.hit("write", target)
         os.replace(tmp, target)
+        tmp = None
+        fsync_folder(target.parent)
+    except OSError as exc:
+        ours = (None, str(tmp), str(target), *map(str, target.parents))
+        if exc.errno is None or exc.filename not in ours:
+            raise  # not about this write (e.g. a file the block reads)
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def save_checkpoint(path: Path, module: Any, meta: dict[str, Any]) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import hashlib
 import logging
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core.cache import cache_dir, file_lock
+from ..core import faults
+from ..core.cache import cache_dir, file_lock, fsync_file, fsync_folder, temp_beside
 from ..core.cells import stable_hash
 from .corruptions import library_versions
 
@@ -282,13 +283,30 @@ class _PendingEntry:
         self.array: np.ndarray = np.empty(0, np.uint8)
 
     def __enter__(self) -> _PendingEntry:
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                    suffix=".tmp")
-        os.close(fd)
-        self.tmp = Path(name)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8,
-                                               shape=self.shape)
+        self.tmp = temp_beside(self.path)
+        try:
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8,
+                                                   shape=self.shape)
+            self._reserve()
+        except OSError as exc:
+            self.__exit__()
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         return self
+
+    def _reserve(self) -> None:
+        """Allocate the file's blocks now: a full disk is an ENOSPC here, not a SIGBUS when
+        a page of the memory map is first written."""
+        assert self.tmp is not None
+        if not hasattr(os, "posix_fallocate"):  # macOS
+            return
+        fd = os.open(self.tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no fallocate here: go on
+                raise
+        finally:
+            os.close(fd)
 
     def commit(self) -> np.ndarray:
         """Flush, fsync and rename into place; the entry, memory-mapped read-only."""
@@ -296,10 +314,11 @@ class _PendingEntry:
         if isinstance(self.array, np.memmap):
             self.array.flush()
         self.array = np.empty(0, np.uint8)  # drop the writable map before the rename
-        with open(self.tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(self.tmp)
+        faults.hit("cache.entry", self.path)
         os.replace(self.tmp, self.path)
         self.tmp = None
+        fsync_folder(self.path.parent)
         entry = load_entry(self.path, self.shape)
         if entry is None:
             raise OSError(f"corrupted-images cache entry {self.path} unreadable after writing")

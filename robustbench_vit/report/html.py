@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..core.cache import atomic_path
 from ..core.errors import RbvError
 from ..core.versions import rbv_version
 from .page import build_page
@@ -133,6 +134,7 @@ def export_html(results: Path, suite: str | None, path: Path) -> Path:
     name = resolve_suite(results, suite)
     with ResultStore(results) as store:
         page = build_page(store.frame(name), name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(page), encoding="utf-8")
+    text = render_html(page)
+    with atomic_path(path) as tmp:  # a failed write leaves the previous page as it was
+        tmp.write_text(text, encoding="utf-8")
     return path

@@ -44,6 +44,7 @@ import pandas as pd
 
 from ..config.spec import CompareSpec, GateSpec
 from ..config.suite import Suite
+from ..core.cache import atomic_path
 from ..core.errors import RbvError
 from ..core.metrics import paired_difference
 from ..core.outcomes import ExampleBits
@@ -407,9 +408,9 @@ def save_baseline(suite: Suite, table: pd.DataFrame, directory: str | Path) -> P
         raise BaselineError(f"no stored results of suite {suite.name!r} to save "
                             "(run `rbv evaluate` on it first)")
     path = baseline_path(directory, suite.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = table.assign(suite=suite.name, suite_version=suite.version)[BASELINE_COLUMNS]
-    out.to_csv(path, index=False, float_format="%.10g")
+    with atomic_path(path) as tmp:  # a failed write leaves the previous baseline as it was
+        out.to_csv(tmp, index=False, float_format="%.10g")
     return path
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import pandas as pd
@@ -34,6 +35,23 @@ log = logging.getLogger(__name__)
 
 register_metric("transfer_success_rate", higher_is_better=False, headline=True,
                 description="Attack success rate of examples crafted on another model")
+
+
+def load_crafted(path: Path, shape: torch.Size, device: torch.device | str) -> torch.Tensor | None:
+    """The crafted images cached at `path`, or None when absent, unreadable or not shaped
+    `shape` (then they are crafted again and the entry replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        adv = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any damage means: craft again
+        log.warning("unreadable crafted-examples cache entry %s (%s): crafting again", path, exc)
+        return None
+    if not isinstance(adv, torch.Tensor) or adv.shape != shape:
+        log.warning("crafted-examples cache entry %s does not hold a %s tensor: crafting again",
+                    path, tuple(shape))
+        return None
+    return adv
 
 
 @SCENARIOS.register("transfer:compressed")
@@ -115,10 +133,11 @@ class CompressedTransfer(Scenario):
             return self.craft(variant.surrogate, x, y, ctx.seed, batch_size)
         path = cache_dir("transfer") / f"{key}.pt"
         with file_lock(path.with_suffix(".lock")):  # concurrent workers craft it once
-            if path.is_file():
-                return torch.load(path, map_location=ctx.device, weights_only=True)
+            cached = load_crafted(path, x.shape, ctx.device)
+            if cached is not None:
+                return cached
             adv = self.craft(variant.surrogate, x, y, ctx.seed, batch_size)
-            with atomic_path(path) as tmp:
+            with atomic_path(path) as tmp:  # written whole or not at all
                 torch.save(adv.cpu(), tmp)
         return adv
 
