@@ -65,8 +65,9 @@ def evaluate(
         err.print("interrupted: finished cells are stored; run the same command again to resume")
         raise typer.Exit(130) from None
     _print_leaderboard(results, loaded.name, "table")
+    elsewhere = f", {summary.elsewhere} done by another run" if summary.elsewhere else ""
     err.print(f"{summary.ok} ok, {summary.skipped} skipped, {len(summary.errors)} errors, "
-              f"{summary.already_done} already stored ({summary.seconds:.1f}s)")
+              f"{summary.already_done} already stored{elsewhere} ({summary.seconds:.1f}s)")
     for where, message in summary.errors:
         first = message.splitlines()[0] if message else ""
         err.print(f"[red]ERROR[/] {escape(f'{where}: {first}')}", highlight=False)

@@ -115,6 +115,11 @@ class RunnerSpec(_Strict):
     """Split cells of mergeable scenarios into tasks of this many images (rounded up to batches)."""
     cache_dir: str | None = None
     """$RBV_CACHE for the workers (a folder on shared storage for a multi-node cluster)."""
+    connect_timeout: Annotated[float, Field(gt=0)] = 15.0
+    """Seconds to wait for the Ray cluster at `address` to answer before failing (exit 2)."""
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """A cell leased by a run whose heartbeat is older than this is taken over by another run
+    on the same results folder (the heartbeat beats every sixth of it)."""
 
 
 class CompareSpec(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..core.cells import Cell, ModelConfig, stable_hash
-from ..core.errors import ScenarioNotApplicable
+from ..core.errors import RbvError, ScenarioNotApplicable
 from ..core.metrics import require_registered
 from ..core.params import validate_params
 from ..core.plugins import load_plugins
@@ -56,17 +57,46 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""OS errors that end the run (exit 2, naming the path) instead of failing one cell: a full disk
+or a read-only file system fails every cell after it the same way."""
+
 _MODEL_CACHE: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
 _MODEL_CACHE_SIZE = 8
 
 
+class NonFiniteOutput(RbvError):
+    """A model returned NaN or infinite logits: any number computed from them (the argmax of
+    NaN is class 0) would be meaningless, so the cell fails with this reason instead."""
+
+
+def guard_outputs(model: nn.Module, label: str) -> nn.Module:
+    """`model` with a forward hook that raises NonFiniteOutput on NaN/inf outputs, naming the
+    model `label` (once per module: a deep copy keeps the hook it had)."""
+    if getattr(model, "_rbv_finite_guard", False):
+        return model
+
+    def refuse(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and not bool(
+                torch.isfinite(output.detach()).all()):
+            kind = "NaN" if bool(torch.isnan(output.detach()).any()) else "infinite"
+            raise NonFiniteOutput(
+                f"model {label} returned {kind} logits: its weights hold NaN/inf, or the "
+                "forward pass overflows (e.g. under amp); no number is reported for this cell")
+
+    model.register_forward_hook(refuse)
+    model._rbv_finite_guard = True  # type: ignore[assignment]
+    return model
+
+
 def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """The base model of a cell, cached in-process (scenarios never modify weights)."""
+    """The base model of a cell, cached in-process (scenarios never modify weights); its
+    outputs are checked to be finite on every forward pass."""
     key = (stable_hash(asdict(cfg)), str(device))
     if key in _MODEL_CACHE:
         _MODEL_CACHE.move_to_end(key)
         return _MODEL_CACHE[key]
-    model = build_model(cfg, device)
+    model = guard_outputs(build_model(cfg, device), cfg.name)
     for p in model.parameters():
         p.requires_grad_(False)
     _remember(key, model)
@@ -99,7 +129,7 @@ def build_defended(cell: Cell, device: torch.device) -> tuple[nn.Module, Any]:
         model = defense.apply(copy.deepcopy(load_model(cell.model, device)))
     for p in model.parameters():
         p.requires_grad_(False)
-    _remember(key, model.eval())
+    _remember(key, guard_outputs(model, f"{cell.model.name} + {cell.defense}").eval())
     return model, defense
 
 
@@ -175,6 +205,8 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
     except ScenarioNotApplicable as exc:
         measurements, status, error = [], "skipped", str(exc)
     except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the run goes on
+        if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:
+            raise  # not this cell's fault: every next cell would fail the same way
         log.debug("cell %s failed", cell.key, exc_info=True)
         measurements, status = [], "error"
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"

@@ -49,3 +49,6 @@ class RichProgress:
             self._bars.console.print(f"[red]error[/] {cell.model.name}/{cell.defense}/"
                                      f"{cell.scenario_label}: {first}", highlight=False)
         self._bars.advance(self._overall, 1)
+
+    def cell_done_elsewhere(self, cell: Cell) -> None:
+        self._bars.advance(self._overall, 1)

@@ -8,6 +8,7 @@ from typing import Protocol
 from ...core.cells import Cell
 from ...core.records import CellResult
 from ...results.store import ResultStore
+from ..claims import CellQueue
 
 
 class Progress(Protocol):
@@ -17,6 +18,7 @@ class Progress(Protocol):
     def cell_started(self, cell: Cell, size: int) -> None: ...
     def cell_advanced(self, n: int) -> None: ...
     def cell_finished(self, cell: Cell, result: CellResult) -> None: ...
+    def cell_done_elsewhere(self, cell: Cell) -> None: ...
 
 
 class NullProgress:
@@ -34,6 +36,9 @@ class NullProgress:
     def cell_finished(self, cell: Cell, result: CellResult) -> None:
         pass
 
+    def cell_done_elsewhere(self, cell: Cell) -> None:
+        pass
+
 
 @dataclass(kw_only=True)
 class RunSummary:
@@ -41,10 +46,17 @@ class RunSummary:
 
     total: int = 0
     already_done: int = 0
+    elsewhere: int = 0
+    """Cells another run (on the same results folder) finished while this one ran."""
     ok: int = 0
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def computed(self) -> int:
+        """Cells this run evaluated (whatever their status)."""
+        return self.ok + self.skipped + len(self.errors)
 
     def record(self, cell: Cell, result: CellResult) -> None:
         """Count one finished cell."""
@@ -58,6 +70,17 @@ class RunSummary:
 
 
 class Runner(Protocol):
-    """Runs pending cells, committing each result to the store as it finishes."""
+    """Runs pending cells, committing each result to the store as it finishes. A cell is
+    computed only once leased (`claims.CellQueue`), so concurrent runs share the work."""
 
     def run(self, cells: list[Cell], store: ResultStore, progress: Progress) -> RunSummary: ...
+
+
+def report_elsewhere(queue: CellQueue, seen: int, summary: RunSummary,
+                     progress: Progress) -> int:
+    """Report the cells other runs finished since the last call (`seen` reported before);
+    returns how many are reported now."""
+    for cell in queue.elsewhere[seen:]:
+        progress.cell_done_elsewhere(cell)
+    summary.elsewhere = len(queue.elsewhere)
+    return len(queue.elsewhere)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -21,8 +22,9 @@ from ...core.errors import RbvError
 from ...core.records import CellResult, Span
 from ...results.store import ResultStore
 from ..chunks import chunk_spans, merge_chunks
+from ..claims import CellQueue
 from ..evaluate import cell_size
-from .base import Progress, RunSummary
+from .base import Progress, RunSummary, report_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class RayOptions:
     max_retries: int = 2
     chunk_size: int | None = None
     cache_dir: str | None = None
+    lease_seconds: float = 60.0
+    connect_timeout: float = 15.0
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RayOptions:
@@ -61,13 +65,48 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(ray: Any, address: str | None) -> bool:
-    """Connect to `address`, or start a quiet local cluster; True when this call started Ray."""
+class RayConnectError(RbvError):
+    """Nothing answers at the Ray address the suite or the command line gave."""
+
+    exit_code = 2
+
+
+def probe(address: str, timeout: float) -> None:
+    """Raise RayConnectError unless a TCP connection to `address`'s host:port opens within
+    `timeout` seconds (`auto` and `local` are left to Ray: it finds them on this machine)."""
+    if address in ("auto", "local"):
+        return
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectError(f"Ray address {address!r} is not host:port (nor ray://host:port, "
+                              "auto or local)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        raise RayConnectError(f"nothing answers at Ray address {address} ({cause}, waited up to "
+                              f"{timeout:g}s): start the cluster there (`ray start --head`), "
+                              "or fix runner.address / --address") from None
+
+
+def connect(ray: Any, address: str | None, timeout: float = 15.0) -> bool:
+    """Connect to `address` (checked to answer within `timeout` seconds first), or start a
+    quiet local cluster; True when this call started Ray."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no usage report
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, configure_logging=True)
+    if address:
+        probe(address, timeout)
+        # bounds Ray's own wait for the cluster's control service (about a second per try)
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(max(1, int(timeout))))
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=True)
+    except (ConnectionError, TimeoutError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayConnectError(f"cannot connect to Ray at {address or 'a local cluster'}: "
+                              f"{first}") from None
     return True
 
 
@@ -96,33 +135,44 @@ class RayRunner:
         progress.run_started(len(pending), summary.already_done)
         if pending:
             ray = import_ray()
-            started = connect(ray, self.options.address)
+            started = connect(ray, self.options.address, self.options.connect_timeout)
             try:
-                self._stream(ray, pending, store, progress, summary)
+                with CellQueue(store, pending, lease_seconds=self.options.lease_seconds) as queue:
+                    self._stream(ray, queue, store, progress, summary)
             finally:
                 if started:
                     ray.shutdown()
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _stream(self, ray: Any, cells: list[Cell], store: ResultStore, progress: Progress,
+    def _stream(self, ray: Any, queue: CellQueue, store: ResultStore, progress: Progress,
                 summary: RunSummary) -> None:
+        """Submit the cells this run leases (more as other runs' leases lapse), commit each as
+        its tasks finish."""
         opts = self.options
         task = ray.remote(run_task).options(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus,
                                             max_retries=opts.max_retries, retry_exceptions=False)
         threads, cache = max(1, int(opts.num_cpus)), opts.cache_dir or str(cache_dir())
         owner: dict[Any, tuple[Cell, int]] = {}
         parts: dict[str, list[CellResult | None]] = {}
-        for cell in cells:
-            chunks = chunk_spans(cell, opts.chunk_size)
-            spans: list[Span | None] = list(chunks) if chunks else [None]
-            parts[cell.key] = [None] * len(spans)
-            for i, span in enumerate(spans):
-                owner[task.remote(cell, span, threads, cache)] = (cell, i)
-        waiting = list(owner)
+
+        def submit(cells: list[Cell]) -> None:
+            for cell in cells:
+                chunks = chunk_spans(cell, opts.chunk_size)
+                spans: list[Span | None] = list(chunks) if chunks else [None]
+                parts[cell.key] = [None] * len(spans)
+                for i, span in enumerate(spans):
+                    owner[task.remote(cell, span, threads, cache)] = (cell, i)
+
+        submit(queue.take())
+        seen = report_elsewhere(queue, 0, summary, progress)
         try:
-            while waiting:
-                done, waiting = ray.wait(waiting, num_returns=1)
+            while owner or queue.waiting:
+                if owner:
+                    done, _ = ray.wait(list(owner), num_returns=1, timeout=queue.poll_seconds)
+                else:  # only cells other runs hold: wait for them to finish or lapse
+                    done = []
+                    time.sleep(queue.poll_seconds)
                 for ref in done:
                     cell, i = owner.pop(ref)
                     slots = parts[cell.key]
@@ -131,9 +181,12 @@ class RayRunner:
                         finished = [s for s in slots if s is not None]
                         result = finished[0] if len(finished) == 1 else merge_chunks(cell, finished)
                         self._finish(cell, result, store, progress, summary)
+                if queue.waiting:
+                    submit(queue.take())
+                seen = report_elsewhere(queue, seen, summary, progress)
         except KeyboardInterrupt:
-            log.warning("interrupted: cancelling %d outstanding Ray tasks", len(waiting))
-            for ref in waiting:
+            log.warning("interrupted: cancelling %d outstanding Ray tasks", len(owner))
+            for ref in owner:
                 ray.cancel(ref, force=True)
             raise
 
