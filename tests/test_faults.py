@@ -218,6 +218,23 @@ def test_a_database_locked_too_long_is_a_message_not_a_traceback(tmp_path: Path)
         assert stored["robust_accuracy"] == 0.3  # the stored rows are as they were
 
 
+@pytest.mark.slow  # the lock is held past sqlite's own 30 s wait of the old store
+def test_a_run_waits_out_a_database_locked_for_35_seconds(
+        rbv_bin: str, suite: Path, clean: list[tuple[object, ...]], tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    ResultStore(results).close()  # the database exists, so another process can lock it
+    started = threading.Event()
+    holder = threading.Thread(target=hold_write_lock,
+                              args=(results / "rbv.sqlite", 35.0, started))
+    holder.start()
+    started.wait()
+    done = evaluate(rbv_bin, suite, results, tmp_path)
+    holder.join()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "locked" not in done.stderr
+    assert_clean_rows(results / "rbv.sqlite", clean)
+
+
 @pytest.mark.parametrize("make", ["file", "garbage"])
 def test_a_bad_results_path_is_a_store_error(tmp_path: Path, make: str) -> None:
     if make == "file":
@@ -235,6 +252,7 @@ def test_a_bad_results_path_is_a_store_error(tmp_path: Path, make: str) -> None:
 
 # --- kill -9 mid-commit and mid-cache-write, then a rerun -----------------------------------------
 
+@pytest.mark.slow  # several full runs of the console script
 @pytest.mark.parametrize("fault", ["store.commit=kill@1", "store.commit=kill@5",
                                    "cache.entry=kill@1", "cache.entry=kill@2"])
 def test_kill_then_rerun_gives_the_clean_rows(rbv_bin: str, suite: Path,
@@ -256,6 +274,7 @@ def test_kill_then_rerun_gives_the_clean_rows(rbv_bin: str, suite: Path,
     assert_clean_rows(results / "rbv.sqlite", clean)
 
 
+@pytest.mark.slow  # several full runs of the console script
 def test_no_space_mid_commit_exits_2_and_keeps_the_stored_cells(
         rbv_bin: str, suite: Path, clean: list[tuple[object, ...]], tmp_path: Path) -> None:
     results = tmp_path / "results"
@@ -270,6 +289,7 @@ def test_no_space_mid_commit_exits_2_and_keeps_the_stored_cells(
     assert_clean_rows(results / "rbv.sqlite", clean)
 
 
+@pytest.mark.slow  # several full runs of the console script
 def test_no_space_inside_a_cell_ends_the_run_with_exit_2(
         rbv_bin: str, suite: Path, clean: list[tuple[object, ...]], tmp_path: Path) -> None:
     """A full disk while a cell writes its cache is not that cell's error: the run stops with
@@ -290,6 +310,7 @@ def test_no_space_inside_a_cell_ends_the_run_with_exit_2(
 
 # --- concurrent runs ------------------------------------------------------------------------------
 
+@pytest.mark.slow  # several full runs of the console script
 @pytest.mark.parametrize("runs", [2, 3])
 def test_concurrent_runs_compute_every_cell_once(rbv_bin: str, suite: Path,
                                                  clean: list[tuple[object, ...]], tmp_path: Path,
