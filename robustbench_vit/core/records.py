@@ -18,6 +18,8 @@ class CellResult:
     error: str | None = None
     seconds: float = 0.0
     device: str = "cpu"
+    weights: str | None = None
+    """The evaluated model's weights fingerprint (models.digest), None when it was not built."""
     partial: Any = None
     """A chunk's sufficient statistics (see Scenario.partial); None for a whole cell."""
 

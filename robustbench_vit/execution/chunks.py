@@ -59,4 +59,4 @@ def merge_chunks(cell: Cell, parts: list[CellResult]) -> CellResult:
                           device=parts[0].device,
                           error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
     return CellResult(cell_key=cell.key, status="ok", measurements=measurements, seconds=seconds,
-                      device=parts[0].device)
+                      device=parts[0].device, weights=parts[0].weights)

@@ -13,8 +13,10 @@ from ..core.plugins import load_plugins
 from ..core.registry import AGGREGATES, ANNOTATIONS, METRICS, SCENARIOS
 
 LONG_COLUMNS = ["suite", "model", "defense", "scenario", "params", "metric", "value", "n",
-                "ci_low", "ci_high", "flags", "examples"]
-"""`flags`: JSON list text or None (see `row_flags`); `examples`: encoded per-example outcomes."""
+                "ci_low", "ci_high", "flags", "examples", "weights"]
+"""`flags`: JSON list text or None (see `row_flags`); `examples`: encoded per-example outcomes;
+`weights`: the evaluated model's weights fingerprint (derived rows take their model's, when all
+its rows share one)."""
 
 DEFENSE_PARAMS = "defense_params"
 """The params key that holds a defense's own parameters (see Cell.row_params)."""
@@ -29,17 +31,31 @@ def long_table(rows: pd.DataFrame) -> pd.DataFrame:
     load_plugins()
     ok = rows[(rows["status"] == "ok") & rows["metric"].notna()]
     table = ok.reindex(columns=LONG_COLUMNS).reset_index(drop=True).astype(
-        {"flags": object, "examples": object})
+        {"flags": object, "examples": object, "weights": object})
     require_registered(table["metric"].unique())
     derived = [frame for frame in (AGGREGATES.get(name)(table) for name in AGGREGATES.names())
                if not frame.empty]
-    table = pd.concat([table, *derived], ignore_index=True) if derived else table
+    if derived:
+        table = _with_model_weights(table, pd.concat(derived, ignore_index=True))
     for name in ANNOTATIONS.names():
         added = ANNOTATIONS.get(name)(table)
         for index, flags in added.items():
             merged = sorted({*row_flags(table.at[index, "flags"]), *flags})
             table.at[index, "flags"] = json.dumps(merged) if merged else None
     return table
+
+
+def _with_model_weights(table: pd.DataFrame, derived: pd.DataFrame) -> pd.DataFrame:
+    """`table` and the `derived` rows, which take the weights fingerprint of their (suite, model,
+    defense) when all its stored rows share one."""
+    derived = derived.assign(weights=derived.get("weights")).astype({"weights": object})
+    shared = table.dropna(subset=["weights"]).groupby(["suite", "model", "defense"])["weights"]
+    for (suite, model, defense), values in shared:
+        if values.nunique() == 1:
+            mine = ((derived["suite"] == suite) & (derived["model"] == model)
+                    & (derived["defense"] == defense) & derived["weights"].isna())
+            derived.loc[mine, "weights"] = values.iloc[0]
+    return pd.concat([table, derived], ignore_index=True)
 
 
 def format_value(value: Any) -> str:
