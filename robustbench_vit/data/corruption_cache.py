@@ -7,19 +7,20 @@ clean pixels themselves (not a model or a data config), the corruption, severity
 change of imagecorruptions, numpy, scipy, scikit-image, Pillow or OpenCV makes new entries.
 
 Entries are written atomically under a per-entry file lock: two processes never build one entry
-twice, and a killed run never leaves half an entry. Work is split into chunks of consecutive images
-(`corrupt_batch(..., start=offset)`), so any number of workers gives the single-process pixels.
+twice, and a killed run never leaves half an entry. Each entry ends with its checksum, checked
+when it is read: a damaged entry is rebuilt, not used (robustbench_vit.data.cache_entry). Work is
+split into chunks of consecutive images (`corrupt_batch(..., start=offset)`), so any number of
+workers gives the single-process pixels; the workers exit when the process that started them
+dies (robustbench_vit.core.pools).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import hashlib
 import logging
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -29,9 +30,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core import faults
-from ..core.cache import cache_dir, file_lock, fsync_file, fsync_folder, temp_beside
+from ..core.cache import cache_dir, file_lock
 from ..core.cells import stable_hash
+from ..core.pools import in_main_thread, spawn_pool
+from .cache_entry import PendingEntry, load_entry
 from .corruptions import library_versions
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ grained; small images go in larger chunks, up to the whole job split CHUNKS_PER_
 MAX_AUTO_WORKERS = 16
 """Auto (`workers=0`) uses at most this many processes."""
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS: dict[tuple[int, bool], ProcessPoolExecutor] = {}
 OnDone = Callable[[str, np.ndarray], None]
 """Called with (name, array) when every image of one corruption is done."""
 Progress = Callable[[int], None]
@@ -142,12 +144,12 @@ def chunk_size(n_images: int, n_corruptions: int, n_workers: int, image_bytes: i
 
 
 def executor(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` spawned processes, kept for later cells of this process."""
-    if workers not in _POOLS:
-        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context,
-                                              initializer=_init_worker)
-    return _POOLS[workers]
+    """A pool of `workers` spawned processes, kept for later cells of this process; its workers
+    exit when this process dies (robustbench_vit.core.pools)."""
+    key = (workers, in_main_thread())  # the kernel's parent-death signal only for the main thread
+    if key not in _POOLS:
+        _POOLS[key] = spawn_pool(workers, initializer=_init_worker)
+    return _POOLS[key]
 
 
 @atexit.register
@@ -213,8 +215,9 @@ def _corrupt_parallel(images: np.ndarray, arrays: dict[str, np.ndarray], severit
             pending[name] -= 1
             if pending[name] == 0 and on_done:
                 on_done(name, arrays[name])
-    except BrokenProcessPool:
-        _POOLS.pop(n_workers, None)  # a worker died (killed, out of memory): start afresh next time
+    except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh next time
+        for key in [key for key, known in _POOLS.items() if known is pool]:
+            del _POOLS[key]
         raise
     finally:
         for future in tasks:
@@ -255,13 +258,13 @@ def _build_locked(images: np.ndarray, paths: dict[str, Path], severity: int, see
     with contextlib.ExitStack() as stack:
         for path in paths.values():
             stack.enter_context(file_lock(path.with_suffix(".lock")))
-        out = {name: arr for name, path in paths.items()
-               if (arr := load_entry(path, images.shape)) is not None}  # built meanwhile
+        out = {name: arr for name, path in paths.items()  # built meanwhile (already reported)
+               if (arr := load_entry(path, images.shape, report=False)) is not None}
         todo = [name for name in paths if name not in out]
         if todo:
             log.info("corrupting %d images x %d corruptions (severity %d)", len(images),
                      len(todo), severity)
-            pending = {name: stack.enter_context(_PendingEntry(paths[name], images.shape))
+            pending = {name: stack.enter_context(PendingEntry(paths[name], images.shape))
                        for name in todo}
 
             def save(name: str, array: np.ndarray) -> None:
@@ -271,77 +274,3 @@ def _build_locked(images: np.ndarray, paths: dict[str, Path], severity: int, see
                            start=start, progress=progress,
                            outputs={name: entry.array for name, entry in pending.items()})
     return out
-
-
-class _PendingEntry:
-    """A cache entry being written: a memory-mapped temporary .npy, renamed onto `path` by
-    `commit` (flushed and fsynced first); removed if the block ends before the commit."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...]):
-        self.path, self.shape = path, tuple(shape)
-        self.tmp: Path | None = None
-        self.array: np.ndarray = np.empty(0, np.uint8)
-
-    def __enter__(self) -> _PendingEntry:
-        self.tmp = temp_beside(self.path)
-        try:
-            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8,
-                                                   shape=self.shape)
-            self._reserve()
-        except OSError as exc:
-            self.__exit__()
-            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
-        return self
-
-    def _reserve(self) -> None:
-        """Allocate the file's blocks now: a full disk is an ENOSPC here, not a SIGBUS when
-        a page of the memory map is first written."""
-        assert self.tmp is not None
-        if not hasattr(os, "posix_fallocate"):  # macOS
-            return
-        fd = os.open(self.tmp, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no fallocate here: go on
-                raise
-        finally:
-            os.close(fd)
-
-    def commit(self) -> np.ndarray:
-        """Flush, fsync and rename into place; the entry, memory-mapped read-only."""
-        assert self.tmp is not None
-        if isinstance(self.array, np.memmap):
-            self.array.flush()
-        self.array = np.empty(0, np.uint8)  # drop the writable map before the rename
-        fsync_file(self.tmp)
-        faults.hit("cache.entry", self.path)
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-        fsync_folder(self.path.parent)
-        entry = load_entry(self.path, self.shape)
-        if entry is None:
-            raise OSError(f"corrupted-images cache entry {self.path} unreadable after writing")
-        return entry
-
-    def __exit__(self, *exc: object) -> None:
-        self.array = np.empty(0, np.uint8)
-        if self.tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.tmp.unlink()
-
-
-def load_entry(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached array at `path` (memory-mapped), or None when absent or not shaped `shape`."""
-    if not path.is_file():
-        return None
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        log.warning("unreadable corrupted-images cache entry %s (%s): rebuilding", path, exc)
-        return None
-    if array.shape != tuple(shape) or array.dtype != np.uint8:
-        log.warning("cache entry %s holds %s %s, expected uint8 %s: rebuilding", path,
-                    array.dtype, array.shape, tuple(shape))
-        return None
-    return array

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from ..core.errors import DataError, UnknownNameError
 from ..core.params import ParamError
 from ..core.registry import CORRUPTIONS, DATASETS
+from .image_folders import IMAGE_SUFFIXES, FolderImages, class_folders, list_class_images
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,11 @@ def eval_transform(data_config: dict[str, Any] | None, native_size: int | None =
 @DATASETS.register("imagefolder")
 @dataclass(frozen=True, kw_only=True)
 class ImageFolderData(DatasetSource):
-    """A folder of class sub-folders (ImageNet-val layout), preprocessed per the model."""
+    """A folder of class sub-folders (ImageNet-val layout), preprocessed per the model.
+
+    Listed as robustbench_vit.data.image_folders says: links never loop or count an image twice,
+    16-bit images are scaled, an unreadable image is an error naming it.
+    """
 
     root: str
     split: str | None = None
@@ -141,18 +146,23 @@ class ImageFolderData(DatasetSource):
     def num_classes(self) -> int:
         if self.classes:
             return self.classes
-        return sum(1 for p in self.folder().iterdir() if p.is_dir())
+        try:
+            return len(class_folders(self.folder()))
+        except DataError as exc:
+            raise DataError(f"imagefolder: {exc}") from None
 
     def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
-        from torchvision.datasets import ImageFolder
-
         folder = self.folder()
-        if not folder.is_dir():
-            raise DataError(f"imagefolder: no such folder {folder}")
         try:
-            return ImageFolder(str(folder), transform=eval_transform(data_config))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DataError(f"imagefolder {folder}: {exc}") from None
+            classes = [name for name, _ in class_folders(folder)]
+            found = list_class_images(folder)
+            empty = sorted(set(classes) - {key.split("/", 1)[0] for key in found})
+            if empty:
+                raise DataError(f"{folder}: no images in class folder(s) {', '.join(empty)} "
+                                f"(extensions: {' '.join(sorted(IMAGE_SUFFIXES))})")
+            return FolderImages(folder, list(found), classes, eval_transform(data_config), found)
+        except DataError as exc:
+            raise DataError(f"imagefolder: {exc}") from None
 
 
 @DATASETS.register("cifar10")
@@ -194,41 +204,6 @@ class ProvidesCorruptions(Protocol):
     def clean(self) -> Dataset | None: ...
 
 
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp"})
-
-
-def list_class_images(folder: Path) -> dict[str, Path]:
-    """"class/stem" -> file, for every image in the class sub-folders of `folder`."""
-    if not folder.is_dir():
-        raise DataError(f"no such folder {folder}")
-    return {f"{d.name}/{f.stem}": f for d in sorted(p for p in folder.iterdir() if p.is_dir())
-            for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES}
-
-
-class FolderImages(Dataset):
-    """Images of a class-folder tree in a fixed order of "class/stem" keys, with one transform."""
-
-    def __init__(self, folder: Path, keys: list[str], classes: list[str], transform: Any):
-        found = list_class_images(folder)
-        missing = [k for k in keys if k not in found]
-        if missing:
-            raise DataError(f"{folder}: {len(missing)} of {len(keys)} images missing "
-                            f"(first: {missing[0]})")
-        index = {c: i for i, c in enumerate(classes)}
-        self.samples = [(found[k], index[k.split("/", 1)[0]]) for k in keys]
-        self.keys, self.classes, self.transform = keys, classes, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        path, label = self.samples[i]
-        with Image.open(path) as image:
-            return self.transform(image.convert("RGB")), label
-
-
 def precomputed_transform(data_config: dict[str, Any] | None, native_size: int) -> Any:
     """ToTensor for files already at the model's input size, else one resize to it (no crop)."""
     from torchvision import transforms
@@ -250,9 +225,9 @@ class CorruptionFolders(FolderImages):
 
     def __init__(self, source: ImageNetC, data_config: dict[str, Any] | None):
         folder = source.folder(source.corruption, source.severity)
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-        super().__init__(folder, list(list_class_images(folder)), classes,
-                         precomputed_transform(data_config, source.image_size))
+        classes, found = [name for name, _ in class_folders(folder)], list_class_images(folder)
+        super().__init__(folder, list(found), classes,
+                         precomputed_transform(data_config, source.image_size), found)
         self.source, self.data_config = source, data_config
 
     def corrupted(self, name: str, severity: int) -> FolderImages:
@@ -302,7 +277,7 @@ class ImageNetC(DatasetSource):
         if self.classes:
             return self.classes
         folder = self.folder(self.corruption, self.severity)
-        return sum(1 for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else 0
+        return len(class_folders(folder)) if folder.is_dir() else 0
 
     def load(self, data_config: dict[str, Any] | None = None) -> Dataset:
         try:
