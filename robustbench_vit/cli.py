@@ -145,9 +145,6 @@ def leaderboard(
     if format not in ("table", "csv", "json", "markdown"):
         err.print(f"error: --format must be table, csv, json or markdown, not {format!r}")
         raise typer.Exit(2)
-    if not (results / "rbv.sqlite").is_file():
-        err.print(f"error: no results database in {results} (run `rbv evaluate` first)")
-        raise typer.Exit(2)
     _print_leaderboard(results, suite, format)
 
 
@@ -156,7 +153,7 @@ def _print_leaderboard(results: Path, suite: str | None, fmt: str) -> None:
     from .results.store import ResultStore
 
     try:
-        with ResultStore(results) as store:
+        with ResultStore(results, read_only=True) as store:
             table = lb.long_table(store.frame(suite))
     except RbvError as exc:
         raise fail(exc) from None
@@ -188,9 +185,6 @@ def export_html(
 
     if suite_name and suite and suite_name != suite:
         err.print(f"error: SUITE_NAME {suite_name!r} and --suite {suite!r} disagree")
-        raise typer.Exit(2)
-    if not (results / "rbv.sqlite").is_file():
-        err.print(f"error: no results database in {results} (run `rbv evaluate` first)")
         raise typer.Exit(2)
     try:
         path = write_html(results, suite_name or suite, output or results / "leaderboard.html")
@@ -262,10 +256,7 @@ def baseline_save(
 
     try:
         loaded = load_suite(suite)
-        if not (results / "rbv.sqlite").is_file():
-            err.print(f"error: no results database in {results} (run `rbv evaluate` first)")
-            raise typer.Exit(2)
-        with ResultStore(results) as store:
+        with ResultStore(results, read_only=True) as store:
             frame = store.frame(loaded.name)
         missing = missing_cells(loaded, frame)
         if missing:

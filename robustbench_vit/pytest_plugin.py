@@ -28,10 +28,13 @@ _SUFFIXES = {".yaml", ".yml"}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("rbv", "robustbench_vit gates")
-    group.addoption("--rbv-results", default="results",
-                    help="results folder the gates read (default: results)")
-    group.addoption("--rbv-baselines", default="results/baselines",
-                    help="folder of baseline CSV files (default: results/baselines)")
+    group.addoption("--rbv-results", default=None,
+                    help="results folder the gates read (default: results under the rootdir; a "
+                         "relative path given here is relative to where pytest was started)")
+    group.addoption("--rbv-baselines", default=None,
+                    help="folder of baseline CSV files (default: results/baselines under the "
+                         "rootdir; a relative path given here is relative to where pytest was "
+                         "started)")
     group.addoption("--rbv-evaluate", action="store_true", default=None,
                     help="run a suite's missing cells first (default: the suite's gates.evaluate)")
     group.addoption("--rbv-suites", action="store_true", default=False,
@@ -85,10 +88,9 @@ class SuiteFile(pytest.File):
         if self._report is None:
             from .execution.gating import run_gates
 
-            root = self.config.rootpath
             self._report = run_gates(
-                self.suite, _under(root, self.config.getoption("rbv_results")),
-                _under(root, self.config.getoption("rbv_baselines")),
+                self.suite, _folder(self.config, "rbv_results", "results"),
+                _folder(self.config, "rbv_baselines", "results/baselines"),
                 evaluate=self.config.getoption("rbv_evaluate"))
         return self._report
 
@@ -151,6 +153,12 @@ class GateItem(pytest.Item):
         return self.path, None, f"gate {self.name}"
 
 
-def _under(root: Path, value: str) -> Path:
+def _folder(config: pytest.Config, option: str, default: str) -> Path:
+    """The folder an option names: relative to the invocation directory, like any path on a
+    command line (not to the rootdir, which moves with the arguments); when not given, `default`
+    under the rootdir, where the project keeps its results."""
+    value = config.getoption(option)
+    if value is None:
+        return config.rootpath / default
     path = Path(value)
-    return path if path.is_absolute() else root / path
+    return path if path.is_absolute() else config.invocation_params.dir / path

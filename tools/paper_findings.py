@@ -105,7 +105,7 @@ def detail(results: Path) -> str:
     if not (results / "rbv.sqlite").is_file():
         return "(not measured yet)\n"
     suite = load_suite(REPO / "suites" / "papers" / file)
-    with ResultStore(results) as store:
+    with ResultStore(results, read_only=True) as store:
         rows = suite_table(suite, store.frame(name))
     rows = rows[rows["metric"] == metric]
     cells: dict[str, dict[str, str]] = {}

@@ -61,3 +61,10 @@ class MissingDependencyError(RbvError):
     """An optional package a component needs is not installed (the message says how to)."""
 
     exit_code = 2
+
+
+class BaselineError(RbvError):
+    """A baseline file is missing or unusable: the message names the file, and the line and
+    column of each problem."""
+
+    exit_code = 2

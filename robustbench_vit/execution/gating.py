@@ -21,8 +21,9 @@ def run_gates(suite: Suite, results_dir: str | Path, baselines_dir: str | Path, 
         run_suite(suite, results_dir, progress=progress)
     baseline = load_baseline(suite, baselines_dir) \
         if any(g.baseline for g in suite.gates.checks) else None
-    if (Path(results_dir) / "rbv.sqlite").is_file():
-        with ResultStore(results_dir) as store:
+    results = Path(results_dir)
+    if results.exists() and (not results.is_dir() or (results / "rbv.sqlite").exists()):
+        with ResultStore(results, read_only=True) as store:  # a file there: StoreError
             frame = store.frame(suite.name)
     else:  # nothing evaluated yet: every gate fails as missing, and no database is created
         frame = pd.DataFrame(columns=COLUMNS)

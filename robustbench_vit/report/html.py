@@ -111,7 +111,7 @@ def suites_in(results: Path) -> list[str]:
     """Names of the suites stored in a results folder."""
     from ..results.store import ResultStore
 
-    with ResultStore(results) as store:
+    with ResultStore(results, read_only=True) as store:
         return sorted(set(store.frame()["suite"].dropna()))
 
 
@@ -132,7 +132,7 @@ def export_html(results: Path, suite: str | None, path: Path) -> Path:
     from ..results.store import ResultStore
 
     name = resolve_suite(results, suite)
-    with ResultStore(results) as store:
+    with ResultStore(results, read_only=True) as store:
         page = build_page(store.frame(name), name)
     text = render_html(page)
     with atomic_path(path) as tmp:  # a failed write leaves the previous page as it was

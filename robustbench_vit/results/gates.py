@@ -45,23 +45,18 @@ import pandas as pd
 from ..config.spec import CompareSpec, GateSpec
 from ..config.suite import Suite
 from ..core.cache import atomic_path
-from ..core.errors import RbvError
+from ..core.errors import BaselineError
 from ..core.metrics import paired_difference
 from ..core.outcomes import ExampleBits
 from ..core.params import parse_fraction
 from ..core.plugins import load_plugins
 from ..core.registry import METRICS
+from .baseline_csv import read_baseline_csv
 from .table import DEFENSE_PARAMS, defense_labels, format_value, long_table, row_flags
 
 BASELINE_COLUMNS = ["suite", "suite_version", "model", "defense", "scenario", "params", "metric",
                     "value", "n", "ci_low", "ci_high"]
 ROW_KEY = ["model", "defense", "scenario", "params", "metric"]
-
-
-class BaselineError(RbvError):
-    """A baseline file is missing or unreadable."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -419,14 +414,7 @@ def load_baseline(suite: Suite, directory: str | Path) -> pd.DataFrame | None:
     path = baseline_path(directory, suite.name)
     if not path.is_file():
         return None
-    try:
-        frame = pd.read_csv(path, dtype={"params": str, "model": str, "defense": str,
-                                         "scenario": str, "metric": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise BaselineError(f"{path}: not a baseline CSV ({exc})") from None
-    missing = [c for c in BASELINE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise BaselineError(f"{path}: missing columns {', '.join(missing)}")
+    frame = read_baseline_csv(path, required=BASELINE_COLUMNS, key=ROW_KEY)
     versions = set(frame["suite_version"].dropna().astype(int))
     if versions and versions != {suite.version}:
         raise BaselineError(f"{path}: baseline is for suite version {sorted(versions)}, the suite "

@@ -5,6 +5,10 @@ A busy database is waited for (retries with backoff) and, past `busy_seconds`, r
 `StoreBusy`; any other database failure (no space, read-only folder, not a database) is a
 `StoreError` that names the file. Neither is ever a traceback, and a failed transaction leaves
 the stored rows as they were.
+
+Commands that only read open the store with `read_only=True` (`results.readonly`): no folder,
+database or schema is created, and a read-only folder can be read. Rows are checked as they are
+read (`results.row_checks`): a malformed one is a StoreError naming its id and column.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from ..core.errors import RbvError
 from ..core.metrics import Measurement
 from ..core.records import CellResult
 from ..core.versions import rbv_version, timm_version, torch_version
+from .readonly import connect_read_only
+from .row_checks import row_problems
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +108,17 @@ class ResultStore:
     """Rows of finished cells in `<results>/rbv.sqlite`. Each run (one driver process) writes its
     own cells; concurrent runs on one folder coordinate through the leases."""
 
-    def __init__(self, results_dir: str | Path, *, busy_seconds: float = 600.0):
+    def __init__(self, results_dir: str | Path, *, busy_seconds: float = 600.0,
+                 read_only: bool = False):
         self.dir = Path(results_dir)
         self.path = self.dir / "rbv.sqlite"
         self.busy_seconds = busy_seconds
+        self.read_only = read_only
         self.run_id = uuid.uuid4().hex[:12]
         self.host, self.pid = socket.gethostname(), os.getpid()
+        if read_only:  # creates nothing: no folder, no database, no schema, no WAL switch
+            self._conn = self._guard(self._connect_read_only)
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
@@ -120,12 +131,21 @@ class ResultStore:
 
     def sibling(self) -> ResultStore:
         """Another connection to the same database acting for the same run (for a thread)."""
-        other = ResultStore(self.dir, busy_seconds=self.busy_seconds)
+        other = ResultStore(self.dir, busy_seconds=self.busy_seconds, read_only=self.read_only)
         other.run_id = self.run_id
         return other
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5, isolation_level=None)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write (for commands that only read); StoreError when there is
+        no database to read."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise StoreError(f"results folder {self.dir} is a file, not a folder")
+        if not self.path.is_file():
+            raise StoreError(f"no results database in {self.dir} (run `rbv evaluate` first)")
+        return connect_read_only(self.path, timeout=5)
 
     def _init_schema(self) -> None:
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -301,15 +321,28 @@ class ResultStore:
 
     def frame(self, suite: str | None = None) -> pd.DataFrame:
         """All rows (of one suite when given) as a DataFrame with typed columns."""
-        query = f"SELECT {', '.join(COLUMNS)} FROM results"
+        have = self._guard(self._columns)
+        if not have:
+            raise StoreError(f"results database {self.path} has no results table (not a results "
+                             "database of rbv)")
+        # a database of an older version, opened read-only, lacks the newer columns: NULL
+        selected = ", ".join(c if c in have else f"NULL AS {c}" for c in COLUMNS)
+        query = f"SELECT id, {selected} FROM results"
         args: tuple[Any, ...] = ()
         if suite:
             query, args = query + " WHERE suite = ?", (suite,)
         rows = self._guard(lambda: self._conn.execute(query + " ORDER BY id", args).fetchall())
-        df = pd.DataFrame.from_records(rows, columns=COLUMNS, coerce_float=True)
+        problems = row_problems([r[0] for r in rows], COLUMNS, [r[1:] for r in rows])
+        if problems:
+            raise StoreError(f"results database {self.path}: malformed rows (fix or delete them, "
+                             "or rerun their cells):\n  " + "\n  ".join(problems))
+        df = pd.DataFrame.from_records([r[1:] for r in rows], columns=COLUMNS, coerce_float=True)
         for col in ("n", "seed", "suite_version"):
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
         return df
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
 
     def count(self) -> int:
         """Number of rows."""
