@@ -20,7 +20,10 @@ parameters. Each matching row is one check:
   z * SE of the difference of two independent proportions (Agresti-Caffo: (x+1)/(n+2), so p = 0 or 1
   still has a width), z from the suite's `confidence`; for other metrics it combines the half-widths
   of the stored confidence intervals when there are any, else it is zero. Only a change in the
-  metric's bad direction fails a baseline gate.
+  metric's bad direction fails a baseline gate. A baseline row records the weights fingerprint of
+  the model that produced it; when the current row's differs, the check fails saying so ("baseline
+  made with different weights") and compares nothing: another CPU's retrained checkpoint is not a
+  regression, and the zoo ships the reference checkpoints its baselines were made with.
 
 A gate that matches no row fails: a missing result must not pass silently. A gate with `expect:
 fail` states a claim known not to hold here: its failing checks are expected failures (with the
@@ -55,7 +58,10 @@ from .baseline_csv import read_baseline_csv
 from .table import DEFENSE_PARAMS, defense_labels, format_value, long_table, row_flags
 
 BASELINE_COLUMNS = ["suite", "suite_version", "model", "defense", "scenario", "params", "metric",
-                    "value", "n", "ci_low", "ci_high"]
+                    "value", "n", "ci_low", "ci_high", "weights"]
+OPTIONAL_BASELINE_COLUMNS = {"weights"}
+"""Absent from baselines written before weights were fingerprinted: their rows are compared
+without the fingerprint check."""
 ROW_KEY = ["model", "defense", "scenario", "params", "metric"]
 
 
@@ -350,12 +356,22 @@ def _against_baseline(gate: GateSpec, row: pd.Series,
     old = base.get(tuple(str(row[c]) for c in ROW_KEY))
     if old is None:
         return False, "no baseline value for this row (save the baseline again after adding it)"
+    made_with, now = _weights(old), _weights(row)
+    if made_with and now and made_with != now:
+        return False, (f"baseline made with different weights (baseline {made_with}, now {now}): "
+                       "re-baseline (`rbv baseline save`) or pin the checkpoint it was made with; "
+                       "the values are not compared")
     value, reference = float(row["value"]), float(old["value"])
     margin = baseline_margin(row, old, z) + float(gate.tolerance)
     higher_is_better = METRICS.get(row["metric"]).higher_is_better
     worse_by = (reference - value) if higher_is_better else (value - reference)
     text = f"{value:.4f} vs baseline {reference:.4f} (allowed change {margin:.4f})"
     return worse_by <= margin + 1e-12, text
+
+
+def _weights(row: pd.Series) -> str | None:
+    value = row.get("weights")
+    return None if value is None or pd.isna(value) or not str(value).strip() else str(value)
 
 
 def baseline_margin(row: pd.Series, old: pd.Series, z: float) -> float:
@@ -403,7 +419,8 @@ def save_baseline(suite: Suite, table: pd.DataFrame, directory: str | Path) -> P
         raise BaselineError(f"no stored results of suite {suite.name!r} to save "
                             "(run `rbv evaluate` on it first)")
     path = baseline_path(directory, suite.name)
-    out = table.assign(suite=suite.name, suite_version=suite.version)[BASELINE_COLUMNS]
+    out = table.assign(suite=suite.name, suite_version=suite.version).reindex(
+        columns=BASELINE_COLUMNS)
     with atomic_path(path) as tmp:  # a failed write leaves the previous baseline as it was
         out.to_csv(tmp, index=False, float_format="%.10g")
     return path
@@ -414,7 +431,8 @@ def load_baseline(suite: Suite, directory: str | Path) -> pd.DataFrame | None:
     path = baseline_path(directory, suite.name)
     if not path.is_file():
         return None
-    frame = read_baseline_csv(path, required=BASELINE_COLUMNS, key=ROW_KEY)
+    required = [c for c in BASELINE_COLUMNS if c not in OPTIONAL_BASELINE_COLUMNS]
+    frame = read_baseline_csv(path, required=required, key=ROW_KEY)
     versions = set(frame["suite_version"].dropna().astype(int))
     if versions and versions != {suite.version}:
         raise BaselineError(f"{path}: baseline is for suite version {sorted(versions)}, the suite "

@@ -43,9 +43,12 @@ COLUMNS = [
     "run_id", "suite", "suite_version", "cell_key", "model", "defense", "scenario", "params",
     "metric", "value", "n", "ci_low", "ci_high", "seconds", "status", "error", "seed",
     "created_at", "rbv_version", "torch_version", "device", "timm_version", "flags", "examples",
+    "weights",
 ]
 """`flags`: JSON list of the caveats on a row (attack-failure indicators), NULL when none;
-`examples`: the per-example outcomes behind a proportion (`core.outcomes`), NULL when none."""
+`examples`: the per-example outcomes behind a proportion (`core.outcomes`), NULL when none;
+`weights`: the evaluated model's weights fingerprint (`models.digest`), NULL in rows of older
+versions and of cells that failed before the model was built."""
 
 _TYPES = {"value": "REAL", "ci_low": "REAL", "ci_high": "REAL", "seconds": "REAL",
           "n": "INTEGER", "seed": "INTEGER", "suite_version": "INTEGER"}
@@ -307,7 +310,7 @@ class ResultStore:
             "status": result.status, "error": result.error, "seed": cell.seed,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "rbv_version": rbv_version(), "torch_version": torch_version(),
-            "device": result.device, "timm_version": timm_version(),
+            "device": result.device, "timm_version": timm_version(), "weights": result.weights,
         }
         if not result.measurements:
             return [{**base, "params": canonical_json(cell.row_params), "metric": None,
