@@ -48,12 +48,15 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a suite (finished cells are skipped), then print its leaderboard."""
+    from .config.devices import check_device, runs_here
     from .config.load import load_suite
     from .execution.progress import RichProgress
     from .execution.run import run_suite
 
     try:
         loaded = load_suite(suite)
+        if runs_here(loaded, backend):
+            check_device(loaded, device)
         _print_plan(loaded, err)
         with RichProgress(err, disable=quiet) as progress:
             summary = run_suite(loaded, results, device=device, backend=backend, progress=progress,
@@ -77,10 +80,13 @@ def evaluate(
 @app.command()
 def validate(suite: SuiteArg) -> None:
     """Parse a suite and build every component; run nothing."""
+    from .config.devices import check_device, runs_here
     from .config.load import load_suite
 
     try:
         loaded = load_suite(suite)
+        if runs_here(loaded):
+            check_device(loaded)
     except RbvError as exc:
         raise fail(exc) from None
     cells = loaded.cells()

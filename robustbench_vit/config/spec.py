@@ -122,6 +122,18 @@ class RunnerSpec(_Strict):
     on the same results folder (the heartbeat beats every sixth of it)."""
 
 
+class LimitsSpec(_Strict):
+    """`limits:`: caps that stop a typo (a sweep too long, a billion steps) before it runs for
+    hours; raise them here when a suite means it."""
+
+    max_cells: Annotated[int, Field(gt=0)] = 10_000
+    """Cells the suite may expand to (model/defense pairs × scenario points), counted from the
+    sweep sizes before anything is expanded."""
+    max_steps: Annotated[int, Field(gt=0)] = 10_000
+    """The largest iteration count of a scenario or attack: its `steps`, or `n_queries` of a
+    score-based attack."""
+
+
 class CompareSpec(_Strict):
     """The other side of a paired gate: the row of another model, defense and/or params.
 
@@ -234,6 +246,7 @@ class SuiteSpec(_Strict):
     scenarios: Annotated[list[ScenarioSpec], Field(min_length=1)]
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
     gates: GatesSpec = Field(default_factory=GatesSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
     @field_validator("models")
     @classmethod
@@ -315,7 +328,7 @@ def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def parse_suite(path: str | Path) -> SuiteSpec:
     """Read and validate a suite file's YAML (stage one); raises SuiteError listing every
     problem."""
-    raw = read_yaml(Path(path))
+    raw = read_yaml(Path(path), suite_fields=SuiteSpec.model_fields)
     try:
         return SuiteSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
@@ -324,7 +337,7 @@ def parse_suite(path: str | Path) -> SuiteSpec:
 
 def _stage_one_problems(exc: pydantic.ValidationError, raw: Any) -> list[tuple[str, str]]:
     sections: dict[str, type[BaseModel]] = {
-        "models": ModelSpec, "runner": RunnerSpec, "gates": GatesSpec}
+        "models": ModelSpec, "runner": RunnerSpec, "gates": GatesSpec, "limits": LimitsSpec}
 
     def known(loc: list[Any]) -> list[str]:
         if len(loc) > 3 and loc[:2] == ["gates", "checks"]:

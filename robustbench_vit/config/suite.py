@@ -19,6 +19,7 @@ from ..core.registry import DATASETS, DEFENSES, METRICS, SCENARIOS, scenario_cla
 from ..models.adapters import ADAPTERS
 from ..models.sources import SOURCES, model_fingerprint, model_problems, resolve_path, split_source
 from ..models.user_finetune import base_fingerprint
+from .caps import check_cell_count, iteration_problems
 from .spec import FinetuneSpec, GatesSpec, SuiteSpec, error_problems
 
 
@@ -99,6 +100,7 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
     """Stage two: validate components against the registries; raise SuiteError with every
     problem."""
     load_plugins()
+    check_cell_count(spec, str(path))  # before a single sweep point is expanded
     problems = _Problems()
     base_dir = path.resolve().parent
     data = _build_data(spec, {}, "data", problems)
@@ -113,6 +115,10 @@ def build_suite(spec: SuiteSpec, path: Path) -> Suite:
     by_label = {m.name: m for m in models}
     scenarios = tuple(_build_scenario(s.model_dump(), i, problems, by_label, base_dir)
                       for i, s in enumerate(spec.scenarios))
+    for i, (entry, built) in enumerate(zip(spec.scenarios, scenarios, strict=True)):
+        problems.items += iteration_problems(i, entry.sweep, [{**p, **built.options}
+                                                              for p in built.points],
+                                             spec.limits.max_steps)
     _check_gates(spec, problems)
     if problems.items:
         raise SuiteError(str(path), problems.items)
@@ -289,6 +295,9 @@ def _sweep_problem(problems: _Problems, where: str, exc: Exception, point: dict[
                 err = {**err, "loc": ("sweep", key, index, *err["loc"][1:])}
             problems.items += error_problems(
                 [err], where, lambda loc: fields if loc[:1] == ["sweep"] else known)
+    elif isinstance(exc, ParamError) and exc.field in point:
+        index = [repr(v) for v in sweep[exc.field]].index(repr(point[exc.field]))
+        problems.add(f"{where}.sweep.{exc.field}[{index}]", str(exc))
     else:
         problems.component(where, exc, known)
 

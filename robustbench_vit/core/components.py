@@ -54,6 +54,25 @@ class Attack:
         norm, eps = getattr(self, "norm", "Linf"), getattr(self, "eps", None)
         return None if eps is None else (norm, float(eps))
 
+    def budget_problem(self, dims: int | None = None) -> str | None:
+        """Why the budget cannot describe a perturbation of images in [0,1], or None: an eps
+        that is negative or not finite, an L∞ eps above 1 (the whole pixel range), and with
+        `dims` (values per image) an L2 eps above sqrt(dims), the diameter of [0,1]^dims.
+        Suites check it for every attack when they validate; the cell checks `dims`."""
+        threat = self.threat_model()
+        if threat is None:
+            return None
+        norm, eps = threat
+        if not math.isfinite(eps) or eps < 0:
+            return f"expected a finite eps >= 0, got {eps}"
+        if norm == "Linf" and eps > 1:
+            return (f"an L∞ eps of {eps:g} is above 1, the whole pixel range: images live in "
+                    "[0,1], so L∞ budgets are in [0, 1] (e.g. 8/255)")
+        if norm == "L2" and dims is not None and eps > math.sqrt(dims) * (1 + 1e-6):
+            return (f"an L2 eps of {eps:g} is above {math.sqrt(dims):.4g}, the diameter of "
+                    f"images of {dims} values in [0,1]: it bounds nothing")
+        return None
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 seed: int) -> torch.Tensor:
         """Adversarial versions of `x` (same shape, in [0,1]); deterministic for `seed`."""

@@ -68,3 +68,10 @@ class BaselineError(RbvError):
     column of each problem."""
 
     exit_code = 2
+
+
+class DeviceError(RbvError):
+    """A device the suite or the command line asks for is not on this machine (the message says
+    what the machine has)."""
+
+    exit_code = 2

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..core.cells import Cell, ModelConfig, stable_hash
-from ..core.errors import RbvError, ScenarioNotApplicable
+from ..core.devices import device_problem
+from ..core.errors import DataError, DeviceError, RbvError, ScenarioNotApplicable
 from ..core.metrics import require_registered
 from ..core.params import validate_params
 from ..core.plugins import load_plugins
@@ -33,9 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as given."""
+    """"auto" -> cuda when available, else cpu; anything else as given, when this machine has
+    it (DeviceError saying what it has otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    problem = device_problem(name)
+    if problem is not None:
+        raise DeviceError(f"device {problem}")
     return torch.device(name)
 
 
@@ -146,7 +151,11 @@ def build_data(cell: Cell, model: nn.Module, span: Span | None = None) -> CellDa
     """The cell's deterministic data slice (positions `span` of it), preprocessed for `model`."""
     source = validate_params(DATASETS.get(cell.data.dataset), cell.data.params)
     full = source.load(getattr(model, "data_config", None))
-    dataset = subset(full, cell.data.n_examples, cell.seed)
+    total, wanted = dataset_len(full), cell.data.n_examples
+    if wanted is not None and wanted > total:  # never a silently smaller sample
+        raise DataError(f"data.n_examples is {wanted}, but the {cell.data.dataset} data set has "
+                        f"only {total} images: lower n_examples, or leave it out to use them all")
+    dataset = subset(full, wanted, cell.seed)
     if span is not None:
         dataset = Subset(dataset, range(span[0], min(span[1], dataset_len(dataset))))
 
@@ -173,9 +182,11 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
     """
     load_plugins()
     start = time.perf_counter()
-    device = resolve_device(cell.device)
+    device_name = cell.device  # a device this machine lacks fails the cell, named as asked
     partial = None
     try:
+        device = resolve_device(cell.device)
+        device_name = device_label(device)
         seed_everything(int(cell.key[:8], 16))
         model, defense = build_defended(cell, device)
         model.eval()  # every cell starts in eval mode, whatever an earlier cell left behind
@@ -211,7 +222,7 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
         measurements, status = [], "error"
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     return CellResult(cell_key=cell.key, status=status, measurements=measurements, error=error,
-                      seconds=time.perf_counter() - start, device=device_label(device),
+                      seconds=time.perf_counter() - start, device=device_name,
                       partial=partial)
 
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..config.devices import check_device, runs_here
 from ..config.suite import Suite
 from ..core.cells import Cell, canonical_json
 from ..core.registry import Registry
@@ -63,7 +64,11 @@ def run_suite(
     """Evaluate every unfinished cell of `suite`; results are committed cell by cell.
 
     `runner_options` override fields of the suite's `runner:` section (None values are ignored).
+    A device this machine lacks (`device`, else the suite's) is refused before anything runs
+    with the local backend; prepared zoo models are trained on it here with any backend.
     """
+    if runs_here(suite, backend):
+        check_device(suite, device)
     cells = suite.cells(device)
     options = {**suite.runner, **{k: v for k, v in (runner_options or {}).items() if v is not None}}
     runner: Runner = RUNNERS.get(backend or options.get("backend", "local"))(options)

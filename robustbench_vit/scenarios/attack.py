@@ -84,6 +84,9 @@ def attack_batch(
     x_adv = x.clone()
     robust = torch.zeros_like(clean_correct)
     idx = torch.nonzero(clean_correct).flatten()
+    problem = attack.budget_problem(x[0].numel()) if len(x) else None
+    if problem is not None:  # an L2 eps above the images' diameter: refused before it runs
+        raise ParamError("eps", problem)
     if len(idx):
         target = attack_model if attack_model is not None else model
         try:
@@ -145,8 +148,12 @@ class AttackScenario(Scenario):
         name = params.pop("name")
         if not isinstance(name, str):
             raise ParamError("name", f"expected an attack name (`rbv ls attacks`), got {name!r}")
-        return cls(name=name, attack=validate_params(ATTACKS.get(name), params), eot=eot,
-                   source=source, indicators=indicators, indicator_examples=examples)
+        attack = validate_params(ATTACKS.get(name), params)
+        problem = attack.budget_problem()  # every attack: no L∞ eps above 1, no infinite eps
+        if problem is not None:
+            raise ParamError("eps", problem)
+        return cls(name=name, attack=attack, eot=eot, source=source, indicators=indicators,
+                   indicator_examples=examples)
 
     def to_params(self) -> dict[str, Any]:
         options = {"eot": (self.eot, 1), "source": (self.source, "defended"),
