@@ -27,6 +27,7 @@ from ..core.plugins import load_plugins
 from ..core.records import CellResult, Span
 from ..core.registry import DATASETS, DEFENSES, scenario_class
 from ..data.datasets import dataset_len, heldout_indices, subset
+from ..models.digest import weights_digest
 from ..models.sources import build_model
 from ..scenarios.base import CellContext
 
@@ -183,12 +184,13 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
     load_plugins()
     start = time.perf_counter()
     device_name = cell.device  # a device this machine lacks fails the cell, named as asked
-    partial = None
+    partial, weights = None, None
     try:
         device = resolve_device(cell.device)
         device_name = device_label(device)
         seed_everything(int(cell.key[:8], 16))
         model, defense = build_defended(cell, device)
+        weights = weights_digest(model)
         model.eval()  # every cell starts in eval mode, whatever an earlier cell left behind
         view = defense.attack_view(model)
         data = build_data(cell, model, span)
@@ -223,7 +225,7 @@ def evaluate_cell(cell: Cell, advance: Callable[[int], None] | None = None, *,
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     return CellResult(cell_key=cell.key, status=status, measurements=measurements, error=error,
                       seconds=time.perf_counter() - start, device=device_name,
-                      partial=partial)
+                      weights=weights, partial=partial)
 
 
 def cell_size(cell: Cell) -> int:
