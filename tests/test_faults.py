@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from test_store import make_cell, ok_result
+from test_store import TINY_KWARGS, TINY_YAML, make_cell, ok_result
 
 from robustbench_vit.core.errors import RbvError
 from robustbench_vit.core.records import CellResult
@@ -30,22 +30,20 @@ from robustbench_vit.results.store import ResultStore, StoreBusy, StoreError
 
 SUMMARY = re.compile(r"(\d+) ok, (\d+) skipped, (\d+) errors, (\d+) already stored"
                      r"(?:, (\d+) done by another run)?")
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-        "num_classes": 10}
-SUITE = """\
+SUITE = f"""\
 suite: faults
 seed: 0
 device: cpu
-data: {dataset: synthetic, size: 48, image_size: 32, batch_size: 16}
+data: {{dataset: synthetic, size: 48, image_size: 32, batch_size: 16}}
 models:
   - name: vit
     source: timm:vit_tiny_patch16_224
-    kwargs: {img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, num_classes: 10}
+    kwargs: {TINY_YAML}
 scenarios:
-  - {kind: clean}
-  - {kind: attack, name: pgd, steps: 8, indicators: false,
-     sweep: {eps: [1/255, 2/255, 3/255, 4/255, 6/255, 8/255]}}
-  - {kind: corruption, names: [gaussian_noise, contrast], severity: 2}
+  - {{kind: clean}}
+  - {{kind: attack, name: pgd, steps: 8, indicators: false,
+     sweep: {{eps: [1/255, 2/255, 3/255, 4/255, 6/255, 8/255]}}}}
+  - {{kind: corruption, names: [gaussian_noise, contrast], severity: 2}}
 """
 N_CELLS = 8
 ROW = "cell_key, scenario, params, metric, value, n, status"
@@ -340,7 +338,7 @@ def test_non_finite_logits_make_error_rows_not_numbers(rbv_bin: str, tmp_path: P
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    backbone = timm.create_model("vit_tiny_patch16_224", **TINY)
+    backbone = timm.create_model("vit_tiny_patch16_224", **TINY_KWARGS)
     state = backbone.state_dict()
     if poison == "nan":
         state["head.weight"][0, 0] = float("nan")
